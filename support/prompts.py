@@ -1,0 +1,78 @@
+"""Prompt formatting and answer parsing (paper 000, Appendix B).
+
+The unified instruction content is identical for every model; only the chat template (control tokens) differs:
+the LLaMA-2 `[INST] <<SYS>>` template, ChatML (Qwen), or the model's own chat template where it has one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+LETTERS = "ABCDEFGHIJ"
+
+#: App. B.1 system message, verbatim.
+UNIFIED_SYSTEM = (
+    "You are a helpful reasoning assistant. You must perform explicit step-by-step reasoning before giving the "
+    "final answer."
+)
+#: App. B.1 user-message suffix, verbatim.
+UNIFIED_INSTRUCTION = (
+    "Please think step by step (chain of thought) to solve this single choice question. After reasoning, output on "
+    "the last line exactly in the format: Answer: <OPTION_LETTER>."
+)
+
+TEMPLATES = ("chatml", "llama2", "model", "plain")
+
+
+def question_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
+    """Question stem followed by one `X. option` line per option."""
+    if len(options) > len(letters):
+        raise ValueError(f"{len(options)} options but only {len(letters)} letters available")
+    lines = [question.strip()] + [f"{letters[i]}. {opt}" for i, opt in enumerate(options)]
+    return "\n".join(lines)
+
+
+def user_message(question: str, options: Sequence[str]) -> str:
+    """App. B.1 user message: question stem + options, then the unified instruction."""
+    return question_block(question, options) + "\n" + UNIFIED_INSTRUCTION
+
+
+def wrap(system: str, user: str, template: str = "chatml", tokenizer=None) -> str:
+    """Wrap system and user content in a chat template (App. B.2). `model` uses the tokenizer's own template."""
+    if template == "chatml":
+        return (
+            f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        )
+    if template == "llama2":
+        return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
+    if template == "plain":
+        return f"{system}\n\n{user}\n\n"
+    if template == "model":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("template 'model' needs a tokenizer with a chat_template; use 'chatml' or 'llama2'")
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    raise ValueError(f"unknown template {template!r}; valid choices: {', '.join(TEMPLATES)}")
+
+
+def format_mc_prompt(question: str, options: Sequence[str], template: str = "chatml", tokenizer=None) -> str:
+    """The full App. B prompt for one multiple-choice item."""
+    return wrap(UNIFIED_SYSTEM, user_message(question, options), template, tokenizer)
+
+
+_ANSWER_RE = re.compile(r"answer\s*[:：]\s*\(?\s*([A-Za-z])\b", re.IGNORECASE)
+
+
+def parse_answer(text: str, letters: str = "ABCD") -> str | None:
+    """Parse the option letter from the `Answer: <LETTER>` line.
+
+    The last non-empty line that contains `Answer:` wins (so a trailing remark after the answer line is tolerated);
+    the letter is case-insensitive and must be one of `letters`. Returns None when missing or invalid.
+    """
+    for line in reversed([ln.strip() for ln in text.splitlines() if ln.strip()]):
+        m = _ANSWER_RE.search(line)
+        if m:
+            letter = m.group(1).upper()
+            return letter if letter in letters.upper() else None
+    return None
