@@ -1,0 +1,52 @@
+# Reasoning Heads: `make book` executes every chapter (ci profile) and builds the HTML book; `make test` runs
+# the whole test suite, which also executes every chapter and builds the book.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PROFILE ?= ci
+# On CPU machines torch is installed first from this pin (a local CPU wheel exists; an unpinned torch would pull
+# gigabytes of CUDA wheels). pyproject.toml's range (torch>=2.6) is then already satisfied.
+TORCH_CPU ?= torch==2.13.0
+
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: install book chapters html test test-fast bench organism clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_CPU)"
+	$(BIN)/pip install -q -e ".[book,test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+chapters: install
+	$(BIN)/python -m support.run --profile $(PROFILE)
+
+html: install
+	$(BIN)/jupyter-book build book --warningiserror --keep-going --quiet
+
+book: chapters html
+	@echo "book built: book/_build/html/index.html"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python bench/bench_tracing.py
+	$(BIN)/python bench/bench_finetune.py
+
+organism: install
+	$(BIN)/python -m support.organism train
+
+clean:
+	rm -rf book/_build book/chapters runs

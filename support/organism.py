@@ -1,0 +1,378 @@
+"""The toy model organism: a real Qwen2 architecture, trained from scratch on tasks this module generates.
+
+Run `python -m support.organism train` to rebuild the committed checkpoint in `data/organism/toy-qwen2/`.
+
+Tasks (all rendered with the paper-000 App. B unified instruction inside ChatML, exactly as for a real Qwen):
+- `toy_mc4` / `toy_mc5`: multiple-choice arithmetic (2-3 operands, + and -, values 0..99) with a chain of thought
+  that computes the result, names the matching option, and ends with `Answer: <LETTER>`. Distractors sit at
+  small offsets from the true value, so the organism must actually compute.
+- `toy_countdown`: reach a target from three numbers with + - *; the chain of thought evaluates left to right and
+  the last line is `Answer: ( a op b ) op c`, verifiable by `support.tasks.verify_countdown`.
+
+Held-out items are those whose content hash falls in the test bucket, so train and test never share a question.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, question_block
+
+SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MAX_VALUE = 99
+TOY_TASKS = ("toy_mc4", "toy_mc5", "toy_countdown")
+COUNTDOWN_SYSTEM = "You are a helpful reasoning assistant. You must perform explicit step-by-step reasoning before giving the final answer."
+COUNTDOWN_INSTRUCTION = (
+    "Use each number exactly once with + - * to reach the target. Please think step by step. After reasoning, "
+    "output on the last line exactly in the format: Answer: <EXPRESSION>."
+)
+
+#: Architecture of the organism: a real Qwen2 config, scaled down (GQA: 8 query heads share 4 K/V heads).
+TOY_CONFIG = dict(
+    vocab_size=None, hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=8,
+    num_key_value_heads=4, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=False,
+    rms_norm_eps=1e-6, hidden_act="silu",
+)
+#: Published config of the real model the organism mirrors (Qwen/Qwen2.5-0.5B-Instruct config.json).
+QWEN25_05B_CONFIG = dict(
+    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+    num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True,
+    rms_norm_eps=1e-6, hidden_act="silu",
+)
+
+
+@dataclass(frozen=True)
+class ToyItem:
+    """One generated example: chat prompt, gold response, and the gold answer (letter or expression)."""
+
+    id: str
+    task: str
+    question: str
+    options: tuple[str, ...]
+    answer: str
+    rationale: str
+    numbers: tuple[int, ...] = ()
+    target: int | None = None
+
+    @property
+    def prompt(self) -> str:
+        return chatml(self.system, self.user)
+
+    @property
+    def system(self) -> str:
+        return COUNTDOWN_SYSTEM if self.task == "toy_countdown" else UNIFIED_SYSTEM
+
+    @property
+    def user(self) -> str:
+        if self.task == "toy_countdown":
+            return f"{self.question}\n{COUNTDOWN_INSTRUCTION}"
+        return question_block(self.question, self.options) + "\n" + UNIFIED_INSTRUCTION
+
+    @property
+    def response(self) -> str:
+        return f"{self.rationale}\nAnswer: {self.answer}<|im_end|>"
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.response
+
+
+def chatml(system: str, user: str) -> str:
+    """ChatML (Qwen) wrapping, App. B.2."""
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _bucket(key: str) -> str:
+    return "test" if int(hashlib.sha256(key.encode()).hexdigest(), 16) % 10 == 0 else "train"
+
+
+def _mc_item(rng: random.Random, n_options: int) -> ToyItem:
+    while True:
+        k = rng.choice((2, 3))
+        vals = [rng.randint(1, 50)]
+        steps, ops = [], []
+        ok = True
+        for _ in range(k - 1):
+            op, b = rng.choice("+-"), rng.randint(1, 50)
+            new = vals[-1] + b if op == "+" else vals[-1] - b
+            if not 0 <= new <= MAX_VALUE:
+                ok = False
+                break
+            steps.append(f"{vals[-1]} {op} {b} = {new}")
+            ops.append(f"{op} {b}")
+            vals.append(new)
+        if ok:
+            break
+    result = vals[-1]
+    offsets = [d for d in (-10, -2, -1, 1, 2, 10, 3, -3) if 0 <= result + d <= MAX_VALUE]
+    rng.shuffle(offsets)
+    options = [result] + [result + d for d in offsets[: n_options - 1]]
+    rng.shuffle(options)
+    gold = LETTERS[options.index(result)]
+    question = f"What is {vals[0]} {' '.join(ops)} ?"
+    rationale = "\n".join(steps + [f"The result is {result} , which is option {gold} ."])
+    task = f"toy_mc{n_options}"
+    key = f"{task}|{question}|{options}"
+    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task=task, question=question,
+                   options=tuple(str(o) for o in options), answer=gold, rationale=rationale)
+
+
+def _countdown_item(rng: random.Random) -> ToyItem:
+    while True:
+        a, b, c = rng.randint(1, 30), rng.randint(1, 30), rng.randint(1, 30)
+        op1, op2 = rng.choice("+-*"), rng.choice("+-*")
+        x = {"+": a + b, "-": a - b, "*": a * b}[op1]
+        y = {"+": x + c, "-": x - c, "*": x * c}[op2]
+        if 0 <= x <= MAX_VALUE and 0 <= y <= MAX_VALUE:
+            break
+    nums = [a, b, c]
+    shown = nums[:]
+    rng.shuffle(shown)
+    question = f"Numbers : {' '.join(map(str, shown))} . Target : {y} ."
+    rationale = f"{a} {op1} {b} = {x}\n{x} {op2} {c} = {y}\nThe target is {y} ."
+    answer = f"( {a} {op1} {b} ) {op2} {c}"
+    key = f"toy_countdown|{question}"
+    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task="toy_countdown", question=question,
+                   options=(), answer=answer, rationale=rationale, numbers=tuple(shown), target=y)
+
+
+def generate(task: str, n: int, split: str = "test", seed: int = 0) -> list[ToyItem]:
+    """`n` deterministic items of a toy task from the given split ('train' or 'test')."""
+    if task not in TOY_TASKS:
+        raise ValueError(f"unknown toy task {task!r}; valid choices: {', '.join(TOY_TASKS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; valid choices: train, test")
+    rng = random.Random(f"{task}|{split}|{seed}")
+    out, seen = [], set()
+    while len(out) < n:
+        it = _countdown_item(rng) if task == "toy_countdown" else _mc_item(rng, int(task[-1]))
+        if _bucket(it.id) == split and it.id not in seen:
+            seen.add(it.id)
+            out.append(it)
+    return out
+
+
+def mixture(seed: int, weights: dict[str, float] | None = None) -> Iterator[ToyItem]:
+    """Endless deterministic stream of training items from the pretraining mix."""
+    weights = weights or {"toy_mc4": 0.4, "toy_mc5": 0.2, "toy_countdown": 0.4}
+    rng = random.Random(f"mix|{seed}")
+    tasks, w = list(weights), list(weights.values())
+    while True:
+        task = rng.choices(tasks, w)[0]
+        it = _countdown_item(rng) if task == "toy_countdown" else _mc_item(rng, int(task[-1]))
+        if _bucket(it.id) == "train":
+            yield it
+
+
+# ----------------------------------------------------------------------------------------------- tokenizer
+def build_tokenizer(out_dir: Path):
+    """Word-level tokenizer over the organism's closed vocabulary, saved with a ChatML chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|\n"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"[ \t]+"), behavior="removed"),
+    ])
+    words: set[str] = {str(i) for i in range(MAX_VALUE + 1)}
+    corpus = [UNIFIED_SYSTEM, UNIFIED_INSTRUCTION, COUNTDOWN_SYSTEM, COUNTDOWN_INSTRUCTION, "system user assistant"]
+    rng_items = [g for t in TOY_TASKS for g in generate(t, 50, "train", seed=99)]
+    corpus += [it.text for it in rng_items]
+    corpus += [f"{L}. Answer: {L} option {L}" for L in LETTERS[:5]]
+    corpus += ["( ) + - * = ? . , : Numbers Target What is The result target which"]
+    for text in corpus:
+        words.update(w for w, _ in pre.pre_tokenize_str(text))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + ["\n"] + sorted(words - set(SPECIALS) - {"\n"}))}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
+                                   eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+# ----------------------------------------------------------------------------------------------- training
+def build_model(vocab_size: int, seed: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(**{**TOY_CONFIG, "vocab_size": vocab_size}, attn_implementation="eager")
+    return Qwen2ForCausalLM(cfg)
+
+
+def _batch(tok, items: list[ToyItem]) -> dict:
+    enc = tok([it.text for it in items], return_tensors="pt", padding=True, padding_side="right")
+    labels = enc.input_ids.clone()
+    labels[enc.attention_mask == 0] = -100
+    return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
+
+
+@torch.no_grad()
+def greedy_answers(model, tok, items: list[ToyItem], max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
+    """Greedy (KV-cached) responses for the items' prompts, decoded without the prompt."""
+    outs: list[str] = []
+    model.eval()
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        enc = tok([it.prompt for it in chunk], return_tensors="pt", padding=True, padding_side="left")
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+        outs += tok.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    return outs
+
+
+def score(items: list[ToyItem], responses: list[str]) -> float:
+    """Accuracy: MC by the parsed `Answer:` letter, Countdown by verifying the expression."""
+    from .prompts import parse_answer
+
+    ok = 0
+    for it, r in zip(items, responses):
+        if it.task == "toy_countdown":
+            ok += int(verify_expression(_answer_line(r), it.numbers, it.target))
+        else:
+            ok += int(parse_answer(r, LETTERS[: len(it.options)]) == it.answer)
+    return ok / max(1, len(items))
+
+
+def _answer_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        if "Answer:" in line:
+            return line.split("Answer:", 1)[1].strip()
+    return ""
+
+
+def verify_expression(expr: str, numbers, target) -> bool:
+    """True if `expr` uses exactly the given numbers and evaluates to `target` (delegates to support.tasks)."""
+    from .tasks import verify_countdown
+
+    try:
+        return bool(verify_countdown(expr, numbers, target))
+    except Exception:
+        return False
+
+
+def evaluate(model, tok, n: int = 200, seed: int = 0, tasks: tuple[str, ...] = TOY_TASKS) -> dict[str, float]:
+    """Held-out accuracy per toy task."""
+    return {t: score(items, greedy_answers(model, tok, items)) for t in tasks
+            for items in [generate(t, n, "test", seed)]}
+
+
+def train(out: Path, steps: int = 1200, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
+          eval_every: int = 300, threads: int = 2) -> dict:
+    """Train the organism from scratch, deterministically, and write weights, tokenizer and model card to `out`."""
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    out = Path(out)
+    tok = build_tokenizer(out / "tokenizer")
+    model = build_model(len(tok), seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, steps // 30)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    stream = mixture(seed)
+    curve, evals = [], []
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        model.train()
+        batch = _batch(tok, [next(stream) for _ in range(batch_size)])
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 25 == 0 or step == 1:
+            curve.append({"step": step, "loss": round(float(loss), 5), "seconds": round(time.time() - t0, 1)})
+        if step % eval_every == 0 or step == steps:
+            acc = evaluate(model, tok, n=100, seed=1, tasks=("toy_mc4", "toy_mc5"))
+            evals.append({"step": step, **acc})
+            print(f"step {step} loss {float(loss):.4f} acc {acc} ({time.time() - t0:.0f}s)", flush=True)
+    model.eval()
+    model.save_pretrained(str(out), safe_serialization=True)
+    log = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "train_seconds": round(time.time() - t0),
+           "curve": curve, "evals": evals, "config": TOY_CONFIG | {"vocab_size": len(tok)},
+           "n_parameters": sum(p.numel() for p in model.parameters())}
+    (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+def write_card(out: Path, n: int = 300) -> dict:
+    """Evaluate the saved organism on held-out items of every toy task and write MODEL_CARD.md beside it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    model = AutoModelForCausalLM.from_pretrained(str(out), attn_implementation="eager").eval()
+    log = json.loads((out / "training_log.json").read_text())
+    log["heldout_accuracy"] = evaluate(model, tok, n=n, seed=0)
+    (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    (out / "MODEL_CARD.md").write_text(model_card(log))
+    return log
+
+
+def model_card(log: dict) -> str:
+    """Markdown model card: config, data recipe, training curve summary, held-out accuracy per task."""
+    cfg = "\n".join(f"| {k} | {v} |" for k, v in log["config"].items())
+    acc = "\n".join(f"| {k} | {v:.3f} | {'1/4' if k.endswith('4') else '1/5' if k.endswith('5') else '-'} |"
+                    for k, v in log["heldout_accuracy"].items())
+    curve = ", ".join(f"{c['step']}: {c['loss']:.3f}" for c in log["curve"][:: max(1, len(log["curve"]) // 10)])
+    return f"""# toy-qwen2: the Reasoning Heads model organism
+
+A `Qwen2ForCausalLM` (RMSNorm, rotary, gated SiLU MLP, grouped-query attention) built from a config and trained
+from scratch by `python -m support.organism train` ({log['steps']} steps, batch {log['batch_size']}, AdamW lr
+{log['lr']}, cosine, seed {log['seed']}; {log['train_seconds']} s on CPU). {log['n_parameters']:,} parameters.
+Word-level tokenizer in `tokenizer/` (load it with `AutoTokenizer`), ChatML chat template.
+
+## Config
+| key | value |
+|---|---|
+{cfg}
+
+## Data recipe
+Generated by `support/organism.py` (no third-party data): 40% `toy_mc4`, 20% `toy_mc5` (multiple-choice
+arithmetic with chain of thought and the paper-000 App. B instruction), 40% `toy_countdown` (3-number puzzles with
+a verifiable expression). Items whose content hash ends in bucket 0 (of 10) are held out and never trained on.
+
+## Training curve (step: loss)
+{curve}
+
+## Held-out accuracy (300 items per task, greedy)
+| task | accuracy | chance |
+|---|---|---|
+{acc}
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m support.organism")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train the organism from scratch, then evaluate it and write its model card")
+    t.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data/organism/toy-qwen2")
+    t.add_argument("--steps", type=int, default=1200)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.cmd == "train":
+        train(args.out, args.steps, args.batch_size, args.lr, args.seed)
+        print(json.dumps(write_card(args.out)["heldout_accuracy"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Chapter parameters: one schema, checked once at the top of every chapter before any model loads.
+
+Each chapter's parameter names come from its notebook's `parameters` cell; their types, ranges and choices live in
+`SCHEMA` below. `validate(chapter, namespace)` fails at once with one clear error naming the valid choices or range.
+Cross-parameter rules (e.g. a head budget larger than the model's L·H) are checked where the model is known
+(`check_budget`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+
+class ParameterError(ValueError):
+    """A chapter parameter is unknown, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """Type and allowed values of one parameter. `check` returns an error message or None."""
+
+    kind: type | tuple[type, ...]
+    choices: Callable[[], tuple] | tuple | None = None
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    doc: str = ""
+    item_kind: type | None = None  # for list parameters
+
+    def check(self, name: str, value: Any) -> None:
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ParameterError(f"parameter {name}={value!r}: expected {_kname(kinds)}, got bool")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise ParameterError(f"parameter {name}={value!r}: expected {_kname(kinds)}, got {type(value).__name__}")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ParameterError(f"parameter {name} must not be empty")
+            if self.item_kind and not all(isinstance(v, self.item_kind) and not isinstance(v, bool) for v in value):
+                raise ParameterError(f"parameter {name}={value!r}: every item must be {self.item_kind.__name__}")
+        choices = self.choices() if callable(self.choices) else self.choices
+        for v in items:
+            if choices is not None and v not in choices and not _open_choice(name, v):
+                raise ParameterError(f"parameter {name}={v!r} is not valid; valid choices: {list(choices)}")
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                lo_bad = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
+                hi_bad = self.hi is not None and v > self.hi
+                if lo_bad or hi_bad:
+                    lo = "-inf" if self.lo is None else f"{self.lo}"
+                    hi = "inf" if self.hi is None else f"{self.hi}"
+                    raise ParameterError(
+                        f"parameter {name}={v!r} is out of range {'(' if self.lo_open else '['}{lo}, {hi}]")
+
+
+def _kname(kinds: tuple) -> str:
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _open_choice(name: str, v: Any) -> bool:
+    """Model names may also be hub names or local dirs: `support.models.resolve` decides those."""
+    if name == "model_name":
+        from .models import resolve
+
+        resolve(v)  # raises UnknownModelError (a ValueError) naming the valid choices
+        return True
+    return False
+
+
+def _models() -> tuple:
+    from .models import KNOWN_HUB_MODELS, toy_models
+
+    return tuple(toy_models()) + KNOWN_HUB_MODELS
+
+
+def _tasks() -> tuple:
+    from .tasks import task_names
+
+    return tuple(task_names())
+
+
+def _profiles() -> tuple:
+    from .run import profiles
+
+    return tuple(profiles())
+
+
+COMMON = {
+    "profile": Param(str, _profiles, doc="profile the defaults came from (informational)"),
+    "run_dir": Param(str, doc="run directory where chapters exchange artifacts"),
+    "seed": Param(int, lo=0, doc="global seed"),
+}
+
+SCHEMA: dict[str, dict[str, Param]] = {
+    "00_model_organism": {
+        **COMMON,
+        "model_name": Param(str, _models, doc="model to inspect"),
+        "n_eval": Param(int, lo=1, hi=5000, doc="held-out items per toy task"),
+        "n_examples": Param(int, lo=1, hi=20, doc="example generations to show"),
+    },
+}
+
+
+def validate(chapter: str, namespace: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Check the chapter's parameters (read from `namespace`, e.g. `globals()`); return them as a read-only map."""
+    if chapter not in SCHEMA:
+        raise ParameterError(f"unknown chapter {chapter!r}; valid choices: {sorted(SCHEMA)}")
+    schema = SCHEMA[chapter]
+    missing = [k for k in schema if k not in namespace]
+    if missing:
+        raise ParameterError(f"chapter {chapter} is missing parameters {missing}")
+    for name, spec in schema.items():
+        spec.check(name, namespace[name])
+    return MappingProxyType({k: namespace[k] for k in schema})
+
+
+def check_names(chapter: str, names: list[str] | tuple[str, ...]) -> None:
+    """Fail if any override name is not a parameter of `chapter`, naming the valid ones."""
+    if chapter not in SCHEMA:
+        raise ParameterError(f"unknown chapter {chapter!r}; valid choices: {sorted(SCHEMA)}")
+    bad = [n for n in names if n not in SCHEMA[chapter]]
+    if bad:
+        raise ParameterError(f"unknown parameter(s) {bad} for chapter {chapter}; valid: {sorted(SCHEMA[chapter])}")
+
+
+def check_budget(m: int, n_layers: int, n_heads: int, name: str = "m") -> None:
+    """A head budget must fit the model: 1 ≤ M ≤ L·H."""
+    total = n_layers * n_heads
+    if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= total:
+        raise ParameterError(
+            f"head budget {name}={m!r} is out of range [1, {total}] for this model ({n_layers} layers × {n_heads} heads)")

@@ -1,0 +1,159 @@
+"""The chapter runner: `python -m support.run --profile ci [--chapters ...] [-p name value ...]`.
+
+Executes chapter notebooks with papermill under a named profile (profiles.yaml), writes executed copies into
+`book/chapters/` and artifacts into the run directory, prints a per-chapter runtime table, and fails loudly:
+a failing chapter is named with its failing cell, its partial notebook is kept, the other chapters still run and
+are reported, and the exit code is non-zero. Unknown profiles, chapters or parameters fail before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .artifacts import PROJECT_ROOT
+from .params import ParameterError, SCHEMA, check_names
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+OUT_DIR = PROJECT_ROOT / "book" / "chapters"
+PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
+
+#: Environment for chapter kernels: no progress bars or library chatter in rendered outputs, never any download.
+KERNEL_ENV = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+}
+
+
+def profiles() -> dict[str, Any]:
+    """All profiles from profiles.yaml."""
+    return yaml.safe_load(PROFILES_FILE.read_text())
+
+
+def chapters() -> list[str]:
+    """Chapter ids (notebook stems), in book order."""
+    return sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+@dataclass
+class Outcome:
+    chapter: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+def parse_value(text: str) -> Any:
+    """`-p` values are YAML scalars or lists: 20 -> int, 0.5 -> float, [5, 10] -> list, toy-qwen2 -> str."""
+    return yaml.safe_load(text)
+
+
+def plan(profile: str, selected: list[str] | None, overrides: dict[str, Any], run_dir: str | None
+         ) -> list[tuple[str, dict[str, Any]]]:
+    """Resolve and validate everything before executing anything: [(chapter, parameters), ...]."""
+    profs = profiles()
+    if profile not in profs:
+        raise ParameterError(f"unknown profile {profile!r}; valid choices: {sorted(profs)}")
+    known = chapters()
+    selected = selected or known
+    bad = [c for c in selected if c not in known]
+    if bad:
+        raise ParameterError(f"unknown chapter(s) {bad}; valid choices: {known}")
+    unused = [n for n in overrides if not any(n in SCHEMA.get(c, {}) for c in selected)]
+    if unused:
+        valid = sorted({n for c in selected for n in SCHEMA.get(c, {})})
+        raise ParameterError(f"unknown parameter(s) {unused} for chapters {selected}; valid: {valid}")
+    rd = run_dir or str(Path("runs") / profile)
+    out = []
+    for ch in selected:
+        params = dict(profs[profile].get("chapters", {}).get(ch, {}))
+        params.update({k: v for k, v in overrides.items() if k in SCHEMA.get(ch, {})})
+        params.setdefault("profile", profile)
+        params.setdefault("run_dir", rd)
+        check_names(ch, list(params))
+        for name, value in params.items():
+            SCHEMA[ch][name].check(name, value)
+        out.append((ch, params))
+    return out
+
+
+def execute(chapter: str, params: dict[str, Any], out_dir: Path = OUT_DIR) -> Outcome:
+    """Run one chapter with papermill; on failure keep the partial notebook and name the failing cell."""
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    try:
+        pm.execute_notebook(
+            str(NOTEBOOKS / f"{chapter}.ipynb"), str(out_dir / f"{chapter}.ipynb"), parameters=params,
+            cwd=str(PROJECT_ROOT), progress_bar=False, log_output=False, kernel_name="python3",
+        )
+        return Outcome(chapter, True, time.time() - t0)
+    except Exception as e:  # PapermillExecutionError carries the failing cell
+        cell = getattr(e, "exec_count", None)
+        ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
+        where = f"cell [{cell}]" if cell is not None else "before any cell ran"
+        detail = f"{where}: {ename}: {str(evalue).splitlines()[0] if evalue else ''} (partial notebook: " \
+                 f"{(out_dir / f'{chapter}.ipynb').relative_to(PROJECT_ROOT) if out_dir.is_relative_to(PROJECT_ROOT) else out_dir})"
+        return Outcome(chapter, False, time.time() - t0, detail)
+
+
+def report(outcomes: list[Outcome]) -> str:
+    """Per-chapter runtime table."""
+    lines = [f"{'chapter':<28}{'status':<8}{'seconds':>9}", "-" * 45]
+    for o in outcomes:
+        lines.append(f"{o.chapter:<28}{'ok' if o.ok else 'FAILED':<8}{o.seconds:>9.1f}")
+    lines.append("-" * 45)
+    lines.append(f"{'total':<36}{sum(o.seconds for o in outcomes):>9.1f}")
+    for o in outcomes:
+        if not o.ok:
+            lines.append(f"FAILED {o.chapter}: {o.detail}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m support.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="ci", help="profile name from support/profiles.yaml")
+    ap.add_argument("--chapters", nargs="*", help="chapter ids (default: all)")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override a chapter parameter (YAML value)")
+    ap.add_argument("--run-dir", help="run directory for artifacts (default: runs/<profile>)")
+    ap.add_argument("--out", type=Path, default=OUT_DIR, help="where executed notebooks go")
+    ap.add_argument("--list", action="store_true", help="list profiles, chapters and parameters, then exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for name, prof in profiles().items():
+            print(f"profile {name}: {prof.get('description', '')}")
+        for ch in chapters():
+            print(f"chapter {ch}: {sorted(SCHEMA.get(ch, {}))}")
+        return 0
+    try:
+        todo = plan(args.profile, args.chapters, {k: parse_value(v) for k, v in args.param}, args.run_dir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.environ.update(KERNEL_ENV)
+    from tqdm.auto import tqdm
+
+    outcomes = []
+    bar = tqdm(todo, desc=f"chapters ({args.profile})", unit="chapter", disable=False, file=sys.stderr)
+    for ch, params in bar:
+        bar.set_postfix_str(ch)
+        outcomes.append(execute(ch, params, args.out))
+    bar.close()
+    print(report(outcomes))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
