@@ -30,7 +30,7 @@ chapters: install
 	$(BIN)/python -m support.run --profile $(PROFILE)
 
 html: install
-	$(BIN)/jupyter-book build book --warningiserror --keep-going --quiet
+	$(BIN)/jupyter-book build . --path-output book --warningiserror --keep-going --quiet
 
 book: chapters html
 	@echo "book built: book/_build/html/index.html"

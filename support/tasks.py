@@ -756,8 +756,36 @@ def load_task(name: str, split: str | None = None, limit: int | None = None, sou
     return res
 
 
+def _toy_loader(task: str) -> Loader:
+    """Loader for the organism's generated tasks (support.organism): MCItem or CountdownItem records."""
+
+    def load(split=None, limit=None, source="auto", on_error="skip") -> LoadResult:
+        from .organism import generate
+
+        split = "train" if split == "train" else "test"
+        items = []
+        for it in generate(task, 200 if limit is None else limit, split):
+            if task == "toy_countdown":
+                items.append(CountdownItem(it.id, it.numbers, int(it.target), task))
+            else:
+                items.append(MCItem(it.id, it.question, it.options, it.answer, it.rationale, task))
+        return LoadResult(task, split, items, [], "generated:support.organism")
+
+    return load
+
+
+for _t in ("toy_mc4", "toy_mc5", "toy_countdown"):
+    DATASETS[_t] = _toy_loader(_t)
+_BUILTIN = frozenset(DATASETS)
+
+
+def task_names() -> list[str]:
+    """Every loadable task name, real and generated."""
+    return sorted(DATASETS)
+
+
 __all__ = [
-    "MCItem", "MathItem", "CountdownItem", "LoadResult", "MalformedRowError", "DATASETS", "BBH_TASKS",
+    "task_names", "MCItem", "MathItem", "CountdownItem", "LoadResult", "MalformedRowError", "DATASETS", "BBH_TASKS",
     "data_root", "project_root", "load_task", "register", "normalize_answer", "answers_equal",
     "verify_countdown", "evaluate_countdown", "load_bbh", "bbh_tasks", "bbh_cot_prompt", "load_wikitext",
     "mc_from_choices", "load_gsm8k", "load_aqua_rat", "load_arc_challenge", "load_arc_easy", "load_commonsenseqa",

@@ -1,0 +1,93 @@
+"""The one loader: toy organism, tiny random Qwen2/Qwen3/Llama, bad names; all through TransformerBridge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from support.models import UnknownModelError, load_model, pick_dtype, resolve, toy_models
+from support.organism import generate
+from tests.conftest import save_tiny
+
+HOOKS = ("hook_z", "hook_pattern", "hook_result")
+
+
+def _hooks_present(lm, ids):
+    with torch.no_grad():
+        _, cache = lm.bridge.run_with_cache(ids)
+    for h in HOOKS:
+        for layer in range(lm.n_layers):
+            assert f"blocks.{layer}.attn.{h}" in cache, h
+    z = cache["blocks.0.attn.hook_z"]
+    assert z.shape[-2:] == (lm.n_heads, lm.hf_model.config.hidden_size // lm.n_heads) or z.shape[-2] == lm.n_heads
+    assert cache["blocks.0.attn.hook_pattern"].shape[1] == lm.n_heads
+    return cache
+
+
+def test_toy_is_embedded():
+    assert "toy-qwen2" in toy_models()
+
+
+def test_toy_boots_with_hf_identical_logits(toy):
+    item = generate("toy_mc4", 1, "test")[0]
+    ids = toy.tokenizer(item.text, return_tensors="pt").input_ids
+    assert toy.tokenizer.unk_token_id not in ids[0].tolist()
+    with torch.no_grad():
+        ref = toy.hf_model(ids).logits
+        out = toy.bridge(ids)
+    assert (out - ref).abs().max().item() <= 1e-4
+    _hooks_present(toy, ids)
+    assert type(toy.hf_model).__name__ == "Qwen2ForCausalLM"
+    assert toy.n_kv_heads < toy.n_heads  # grouped-query attention
+
+
+def test_toy_tokenizer_roundtrip_through_autotokenizer(toy):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(toy.path / "tokenizer"))
+    text = "12 + 7 = 19\nAnswer: C"
+    assert tok.convert_ids_to_tokens(tok(text).input_ids) == ["12", "+", "7", "=", "19", "\n", "Answer:", "C"]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
+def test_tiny_random_models_load_through_the_same_loader(tmp_path, arch):
+    d = save_tiny(tmp_path, arch)
+    lm = load_model(str(d), device="cpu")
+    assert lm.kind == "local"
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        ref = lm.hf_model(ids).logits
+        out = lm.bridge(ids)
+    assert (out - ref).abs().max().item() <= 1e-4
+    _hooks_present(lm, ids)
+    assert lm.identity()["weights"] and lm.identity()["tokenizer"]
+
+
+@pytest.mark.parametrize("bad", ["toy-nope", "", "not a model", "/no/such/dir/x"])
+def test_unknown_model_fails_naming_choices(bad):
+    with pytest.raises(UnknownModelError, match="valid choices"):
+        resolve(bad)
+
+
+def test_hub_name_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UnknownModelError, match="valid choices"):
+        load_model("nobody/definitely-not-a-model-xyz", device="cpu")
+
+
+def test_dir_without_config_is_rejected(tmp_path):
+    with pytest.raises(UnknownModelError, match="config.json"):
+        resolve(str(tmp_path))
+
+
+def test_dtype_choice():
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="valid choices"):
+        pick_dtype(torch.device("cpu"), "float8")
+
+
+def test_trust_remote_code_is_off_by_default():
+    import inspect
+
+    assert inspect.signature(load_model).parameters["trust_remote_code"].default is False

@@ -1,0 +1,42 @@
+"""App. B prompts and `Answer:` parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.prompts import UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, format_mc_prompt, parse_answer
+
+
+def test_chatml_prompt_matches_appendix_b():
+    p = format_mc_prompt("What is 2 + 2 ?", ["3", "4"], "chatml")
+    assert p.startswith(f"<|im_start|>system\n{UNIFIED_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 2 + 2 ?\nA. 3\nB. 4\n")
+    assert p.endswith(f"{UNIFIED_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_llama2_prompt():
+    p = format_mc_prompt("Q?", ["x", "y"], "llama2")
+    assert p.startswith("[INST] <<SYS>>\n") and "<</SYS>>" in p and p.endswith("[/INST]")
+
+
+def test_model_template_uses_the_tokenizers_own(toy):
+    assert format_mc_prompt("Q ?", ["1", "2"], "model", toy.tokenizer) == format_mc_prompt("Q ?", ["1", "2"], "chatml")
+
+
+def test_unknown_template():
+    with pytest.raises(ValueError, match="valid choices"):
+        format_mc_prompt("Q", ["a"], "alpaca")
+
+
+@pytest.mark.parametrize("text,letters,want", [
+    ("step 1\nAnswer: B", "ABCD", "B"),
+    ("reasoning\nanswer: c", "ABCD", "C"),
+    ("Answer: D\nHope this helps!", "ABCD", "D"),
+    ("Answer: (A) because", "ABCD", "A"),
+    ("no answer line here", "ABCD", None),
+    ("Answer: E", "ABCD", None),
+    ("Answer: E", "ABCDE", "E"),
+    ("", "ABCD", None),
+    ("Answer: A\nAnswer: B", "ABCD", "B"),
+])
+def test_parse_answer(text, letters, want):
+    assert parse_answer(text, letters) == want

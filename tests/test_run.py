@@ -1,0 +1,94 @@
+"""Runner and parameter validation: bad input fails at once naming the valid choices; failures are loud."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from support import params, run
+from support.params import ParameterError
+
+
+def test_unknown_profile():
+    with pytest.raises(ParameterError, match="valid choices: .*ci"):
+        run.plan("gpu-please", None, {}, None)
+
+
+def test_unknown_chapter():
+    with pytest.raises(ParameterError, match="valid choices: .*00_model_organism"):
+        run.plan("ci", ["99_nope"], {}, None)
+
+
+def test_unknown_parameter():
+    with pytest.raises(ParameterError, match="unknown parameter.*valid"):
+        run.plan("ci", ["00_model_organism"], {"n_evaal": 3}, None)
+
+
+@pytest.mark.parametrize("name,value,msg", [
+    ("n_eval", -1, "out of range"),
+    ("n_eval", "ten", "expected int"),
+    ("n_eval", True, "expected int"),
+    ("model_name", "toy-nope", "valid choices"),
+    ("seed", 1.5, "expected int"),
+])
+def test_bad_values_fail_before_running(name, value, msg):
+    with pytest.raises(ValueError, match=msg):
+        run.plan("ci", ["00_model_organism"], {name: value}, None)
+
+
+def test_main_exits_2_on_bad_input(capsys):
+    assert run.main(["--profile", "nope"]) == 2
+    assert "valid choices" in capsys.readouterr().err
+
+
+def test_every_profile_is_valid_for_every_chapter():
+    for prof in run.profiles():
+        assert run.plan(prof, None, {}, None)
+
+
+def test_profiles_cover_every_chapter():
+    for prof, spec in run.profiles().items():
+        assert set(spec["chapters"]) == set(run.chapters()), prof
+
+
+def test_notebook_parameters_match_schema():
+    import papermill as pm
+
+    for ch in run.chapters():
+        names = set(pm.inspect_notebook(str(run.NOTEBOOKS / f"{ch}.ipynb")))
+        assert names == set(params.SCHEMA[ch]), ch
+
+
+def test_validate_missing_and_budget():
+    with pytest.raises(ParameterError, match="missing"):
+        params.validate("00_model_organism", {"seed": 0})
+    with pytest.raises(ParameterError, match=r"\[1, 48\]"):
+        params.check_budget(49, 6, 8)
+    params.check_budget(48, 6, 8)
+
+
+def _nb(path, src):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(src)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.mark.slow
+def test_failure_is_loud_and_others_still_reported(tmp_path, monkeypatch, capsys):
+    nbdir, out = tmp_path / "nb", tmp_path / "out"
+    nbdir.mkdir()
+    _nb(nbdir / "90_good.ipynb", "print('fine')")
+    _nb(nbdir / "91_bad.ipynb", "raise RuntimeError('planted failure')")
+    _nb(nbdir / "92_after.ipynb", "print('still runs')")
+    monkeypatch.setattr(run, "NOTEBOOKS", nbdir)
+    for ch in ("90_good", "91_bad", "92_after"):
+        monkeypatch.setitem(params.SCHEMA, ch, {"x": params.Param(int), **params.COMMON})
+    monkeypatch.setattr(run, "profiles", lambda: {"ci": {"chapters": {}}})
+    rc = run.main(["--profile", "ci", "--out", str(out), "--run-dir", str(tmp_path / "runs"), "-p", "x", "2"])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert "FAILED 91_bad: cell [2]: RuntimeError: planted failure" in text
+    assert "90_good" in text and "92_after" in text
+    assert (out / "91_bad.ipynb").exists()  # the partial notebook is kept for inspection
+    assert text.count(" ok ") + text.count("ok  ") >= 2
