@@ -1,0 +1,342 @@
+"""support.finetune: SHFT slices, exact parameter counts, LoRA, prompt masking, metrics, resumable training."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from support import finetune as ft
+from support.models import random_hf_model
+from support.prompts import parse_answer
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADS = [(0, 1), (1, 2), (1, 3)]  # layer 1 heads 2 and 3 share kv-group 1 (group size 2)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(prev)
+
+
+def examples(n: int = 8, length: int = 12, prompt: int = 5, vocab: int = 128, seed: int = 0) -> list[ft.SFTExample]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        ids = torch.randint(0, vocab, (length,), generator=g).tolist()
+        out.append(ft.SFTExample(str(i), tuple(ids), tuple([-100] * prompt + ids[prompt:])))
+    return out
+
+
+def changed_rows(a: torch.Tensor, b: torch.Tensor, dim: int) -> list[int]:
+    diff = a != b
+    other = [d for d in range(diff.ndim) if d != dim]
+    return sorted(diff.any(dim=other[0]).nonzero().flatten().tolist()) if other else diff.nonzero().flatten().tolist()
+
+
+def rows(units, d_head):
+    return [u * d_head + i for u in units for i in range(d_head)]
+
+
+# ----------------------------------------------------------------------------------------------- SHFT
+def test_shft_step_changes_only_selected_slices():
+    hf = random_hf_model("qwen2")  # GQA (4 query heads, 2 kv heads), q/k/v biases
+    base = copy.deepcopy(hf.state_dict())
+    shft = ft.apply_shft(hf, HEADS)
+    ft.train(hf, examples(), ft.TrainConfig(lr=1e-2, max_steps=2, grad_accum=2))  # step 1: warmup, lr 0
+    shft.merge()
+    assert not hasattr(hf, "shft") and not any(p.requires_grad for p in hf.parameters())
+    dh = 16
+    expect = {  # (layer, proj): changed rows (q/k/v weight and bias) or columns (o)
+        (0, "q"): rows([1], dh), (0, "k"): rows([0], dh), (0, "v"): rows([0], dh), (0, "o"): rows([1], dh),
+        (1, "q"): rows([2, 3], dh), (1, "k"): rows([1], dh), (1, "v"): rows([1], dh), (1, "o"): rows([2, 3], dh),
+    }
+    after = hf.state_dict()
+    for name, w0 in base.items():
+        w1 = after[name]
+        parts = name.split(".")
+        key = (int(parts[2]), parts[4][0]) if "self_attn" in name else None
+        if key not in expect:
+            assert torch.equal(w0, w1), f"{name} changed but is not a selected slice"
+            continue
+        dim = 1 if key[1] == "o" else 0
+        assert changed_rows(w0, w1, dim) == expect[key], name  # exactly the slice changed, all of it
+        keep = torch.ones(w0.shape[dim], dtype=torch.bool)
+        keep[expect[key]] = False
+        assert torch.equal(w0.index_select(dim, keep.nonzero().flatten()), w1.index_select(dim, keep.nonzero().flatten()))
+
+
+def test_hooks_equal_merged_weights_and_identity_at_init():
+    hf = random_hf_model("qwen2")
+    ids = torch.randint(0, 128, (2, 10))
+    ref = hf(ids).logits
+    shft = ft.apply_shft(hf, HEADS)
+    assert torch.equal(hf(ids).logits, ref)  # zero deltas: same function, bit for bit
+    for p in shft.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    hooked = hf(ids).logits
+    shft.merge()
+    torch.testing.assert_close(hf(ids).logits, hooked, rtol=1e-4, atol=1e-5)
+
+
+def test_delta_gradients_equal_full_weight_gradient_slices():
+    hf = random_hf_model("qwen2")
+    ref = copy.deepcopy(hf)
+    ex = ft.collate(examples(2), 0, torch.device("cpu"))
+    shft = ft.apply_shft(hf, HEADS)
+    hf(**ex).loss.backward()
+    ref(**ex).loss.backward()
+    attn = ref.model.layers[1].self_attn
+    ld = shft.layers["1"]
+    torch.testing.assert_close(ld.q.grad, attn.q_proj.weight.grad[rows([2, 3], 16)])
+    torch.testing.assert_close(ld.k.grad, attn.k_proj.weight.grad[rows([1], 16)])
+    torch.testing.assert_close(ld.v_bias.grad, attn.v_proj.bias.grad[rows([1], 16)])
+    torch.testing.assert_close(ld.o.grad, attn.o_proj.weight.grad[:, rows([2, 3], 16)])
+
+
+@pytest.mark.parametrize("arch,overrides,bias", [
+    ("llama", dict(num_key_value_heads=4), False),   # no GQA, no bias: the paper's footnote 4·d·d_head·M
+    ("llama", dict(num_key_value_heads=2), False),   # GQA
+    ("qwen2", dict(num_key_value_heads=4), True),    # no GQA, q/k/v biases
+    ("qwen2", dict(num_key_value_heads=2), True),    # GQA + biases
+    ("qwen3", dict(num_key_value_heads=1), False),   # head_dim from the config, all heads share one group
+])
+def test_exact_parameter_count(arch, overrides, bias):
+    hf = random_hf_model(arch, **overrides)
+    geom = ft.geometry(hf)
+    assert geom.qkv_bias is bias
+    shft = ft.apply_shft(hf, HEADS)
+    n = ft.count_trainable(hf)
+    assert n == ft.shft_param_count(HEADS, geom) == sum(p.numel() for p in shft.parameters())
+    d, dh, m = geom.d_model, geom.d_head, len(HEADS)
+    g = len({(l, h // geom.group_size) for l, h in HEADS})
+    assert n == 2 * d * dh * (m + g) + int(bias) * dh * (m + 2 * g)
+    if geom.n_kv_heads == geom.n_heads:
+        assert n == 4 * d * dh * m + int(bias) * 3 * dh * m
+        if not bias:
+            assert n == 4 * d * dh * m
+    shft.merge()
+    assert ft.shft_param_count(HEADS, geom, include_bias=False) == 2 * d * dh * (m + g)
+
+
+def test_optimizer_state_is_slice_sized():
+    hf = random_hf_model("qwen2")
+    shft = ft.apply_shft(hf, HEADS)
+    params = list(shft.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    hf(**ft.collate(examples(1), 0, torch.device("cpu"))).loss.backward()
+    opt.step()
+    assert set(map(id, opt.state)) == set(map(id, params))  # the optimizer sees only the deltas
+    full = hf.model.layers[1].self_attn.q_proj.weight.shape
+    for p in params:  # moments have the delta's (slice) shape, never a full projection's
+        assert opt.state[p]["exp_avg"].shape == p.shape == opt.state[p]["exp_avg_sq"].shape != full
+    n = sum(p.numel() for p in params)
+    assert ft.optimizer_state_bytes(opt) == 2 * 4 * n + 4 * len(params)  # two fp32 moments (+ step scalars)
+    res = ft.train(hf, examples(), ft.TrainConfig(lr=1e-3, max_steps=1, grad_accum=1))
+    assert res.n_trainable == n and res.optimizer_bytes == ft.optimizer_state_bytes(opt)
+
+
+def test_hf_trainer_trains_only_slices(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    hf = random_hf_model("qwen2")
+    base = copy.deepcopy(hf.state_dict())
+    shft = ft.apply_shft(hf, [(1, 0)])
+    data = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in examples(4)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                             max_steps=2, learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True,
+                             logging_strategy="no", disable_tqdm=True)
+    Trainer(model=hf, args=args, train_dataset=data).train()
+    shft.merge()
+    after = hf.state_dict()
+    changed = {k for k in base if not torch.equal(base[k], after[k])}
+    assert changed == {f"model.layers.1.self_attn.{p}.{w}" for p in ("q_proj", "k_proj", "v_proj")
+                       for w in ("weight", "bias")} | {"model.layers.1.self_attn.o_proj.weight"}
+
+
+# ----------------------------------------------------------------------------------------------- LoRA, regimes
+def test_lora_trains_only_adapters():
+    hf = random_hf_model("qwen2")
+    base = copy.deepcopy(hf.state_dict())
+    prep = ft.prepare("lora", hf)
+    names = [n for n, p in hf.named_parameters() if p.requires_grad]
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    assert {n.split(".")[4] for n in names} == {"q_proj", "v_proj"}
+    assert prep.n_trainable == ft.lora_param_count(ft.geometry(hf), r=8)
+    ft.train(hf, examples(), ft.TrainConfig(lr=1e-2, max_steps=2, grad_accum=2))
+    after = {n.replace(".base_layer", ""): v for n, v in hf.state_dict().items() if "lora_" not in n}
+    assert all(torch.equal(base[k], after[k]) for k in base)
+    assert any(v.abs().sum() > 0 for k, v in prep.trainable_state().items() if "lora_B" in k)
+
+
+def test_full_and_base_regimes():
+    hf = random_hf_model("qwen2")
+    assert ft.prepare("full", hf).n_trainable == sum(p.numel() for p in hf.parameters())
+    assert ft.prepare("base", hf).n_trainable == 0
+    assert ft.train(hf, examples(), ft.TrainConfig(max_steps=3)).steps == 0
+
+
+def test_random_heads_seeded_distinct():
+    a, b = ft.random_heads(6, 8, 10, seed=1), ft.random_heads(6, 8, 10, seed=2)
+    assert a == ft.random_heads(6, 8, 10, seed=1) and a != b
+    assert len(set(a)) == 10 and all(0 <= l < 6 and 0 <= h < 8 for l, h in a)
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda: ft.random_heads(6, 8, 49, 0), "[1, 48]"),
+    (lambda: ft.check_budget(0, 6, 8), "[1, 48]"),
+    (lambda: ft.check_regime("wavering"), "base, full, lora, random, sh, wh"),
+    (lambda: ft.check_heads([(6, 0)], 6, 8), "layer in [0, 5]"),
+    (lambda: ft.check_heads([(0, 8)], 6, 8), "head in [0, 7]"),
+    (lambda: ft.prepare("wh", random_hf_model("qwen2"), [(0, 4)]), "head in [0, 3]"),
+    (lambda: ft.prepare("sh", random_hf_model("qwen2")), "head regimes"),
+    (lambda: ft.TrainConfig(precision="fp8").validate(), "auto, fp32, bf16, fp16"),
+])
+def test_bad_input_raises_one_clear_value_error(call, needle):
+    with pytest.raises(ValueError, match="valid choices|head regimes") as e:
+        call()
+    assert needle in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------- data, metrics
+@pytest.fixture(scope="module")
+def toy_tok(tmp_path_factory):
+    from support.organism import build_tokenizer
+
+    return build_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def test_prompt_mask_covers_prompt_exactly(toy_tok):
+    from support.organism import generate
+
+    item = generate("toy_mc4", 1, "train", seed=3)[0]
+    ex = ft.encode_example(toy_tok, item.prompt, item.response)
+    n_prompt = len(toy_tok(item.prompt).input_ids)
+    assert ex.labels[:n_prompt] == (-100,) * n_prompt
+    assert all(l != -100 for l in ex.labels[n_prompt:])
+    assert list(ex.input_ids) == toy_tok(item.text).input_ids  # prompt + response tokenise as the whole text
+    assert toy_tok.decode(list(ex.labels[n_prompt:])) == toy_tok.decode(toy_tok(item.response).input_ids)
+    short = ft.encode_example(toy_tok, item.prompt, item.response, max_length=20)  # left truncation keeps suffix
+    assert short.input_ids == ex.input_ids[-20:] and short.labels == ex.labels[-20:]
+
+
+def test_parse_answer_edge_cases():
+    assert parse_answer("no answer here") is None
+    assert parse_answer("") is None
+    assert parse_answer("reasoning\nanswer: b") == "B"
+    assert parse_answer("reasoning\nAnswer: C. because 3 > 2") == "C"
+    assert parse_answer("Answer: C\nThanks for asking!") == "C"
+    assert parse_answer("Answer: A\nwait\nAnswer: D") == "D"
+    assert parse_answer("Answer: E", "ABCD") is None and parse_answer("Answer: E", "ABCDE") == "E"
+    assert parse_answer("Answer: (B)") == "B"
+    assert parse_answer("Answer: Because") is None  # a word, not a letter
+
+
+def test_mc_metrics():
+    golds = ["A", "A", "B", "B", "C", "C"]
+    preds = ["A", None, "B", "A", "Z", "C"]
+    m = ft.mc_metrics(golds, preds, "ABCD")
+    assert m["acc"] == pytest.approx(3 / 6) and m["n_invalid"] == 2 and m["n"] == 6
+    # per class recall A 1/2, B 1/2, C 1/2; precision A 1/2, B 1, C 1
+    assert m["rec"] == pytest.approx(0.5)
+    f1 = [2 * 0.5 * 0.5 / 1.0, 2 * 1 * 0.5 / 1.5, 2 * 1 * 0.5 / 1.5]
+    assert m["f1"] == pytest.approx(sum(f1) / 3)
+    with pytest.raises(ValueError):
+        ft.mc_metrics([], [])
+
+
+def test_entropy_drop_test_effect_sizes():
+    s = ft.entropy_drop_test([0.3, 0.2, 0.25, 0.1], [0.0, 0.05, 0.1, -0.02])
+    assert s["cliffs_delta"] == pytest.approx(s["r_rb"]) and s["r_rb"] > 0.8 and 0 < s["p"] < 0.1
+
+
+# ----------------------------------------------------------------------------------------------- resume
+def test_resume_in_process_full_sft(tmp_path):
+    cfg = ft.TrainConfig(lr=1e-3, max_steps=6, grad_accum=2, save_every=2, log_every=1)
+
+    def run(out, crash_at=None):
+        torch.manual_seed(0)
+        hf = random_hf_model("qwen2", num_hidden_layers=1)
+        ft.prepare("full", hf)
+
+        def cb(step, loss):
+            if step == crash_at:
+                raise KeyboardInterrupt
+
+        try:
+            res = ft.train(hf, examples(), cfg, out_dir=out, callback=cb)
+        except KeyboardInterrupt:
+            return None, None
+        return hf, res
+
+    ref, _ = run(tmp_path / "a")
+    assert run(tmp_path / "b", crash_at=5) == (None, None)
+    assert json.loads((tmp_path / "b/checkpoint/latest.json").read_text())["step"] == 4
+    got, res = run(tmp_path / "b")
+    assert res.resumed_from == 4 and [r["step"] for r in res.log] == list(range(1, 7))
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), got.state_dict().values()))
+    with pytest.raises(ValueError, match="different training config"):
+        ft.train(ref, examples(), ft.TrainConfig(lr=1.0, max_steps=6), out_dir=tmp_path / "a")
+
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, time, torch
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    from support import finetune as ft
+    from support.artifacts import write_tensors
+    from support.models import random_hf_model
+    out, delay = sys.argv[1], float(sys.argv[2])
+    hf = random_hf_model("qwen2", num_hidden_layers=2)
+    ft.apply_shft(hf, [(0, 1), (1, 2), (1, 3)])
+    g = torch.Generator().manual_seed(0)
+    ex = []
+    for i in range(8):
+        ids = torch.randint(0, 128, (16,), generator=g).tolist()
+        ex.append(ft.SFTExample(str(i), tuple(ids), tuple([-100] * 6 + ids[6:])))
+    cfg = ft.TrainConfig(lr=1e-2, max_steps=12, grad_accum=2, save_every=3, log_every=1)
+    res = ft.train(hf, ex, cfg, out_dir=out, callback=lambda s, l: time.sleep(delay))
+    hf.shft.merge()
+    write_tensors(out + "/merged.safetensors", hf.state_dict(), {})
+    print(json.dumps({"resumed_from": res.resumed_from}))
+""")
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error"}
+    cmd = lambda out, delay: [sys.executable, str(script), str(tmp_path / out), str(delay)]  # noqa: E731
+    ref = subprocess.Popen(cmd("ref", 0), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(cmd("run", 0.3), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    latest = tmp_path / "run/checkpoint/latest.json"
+    deadline = time.time() + 60
+    while not latest.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert latest.exists(), victim.communicate()[1][-2000:]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "run/train_log.json").exists()  # killed mid-way
+    out, err = ref.communicate(timeout=120)
+    assert ref.returncode == 0, err[-2000:]
+    res = subprocess.run(cmd("run", 0), env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["resumed_from"] >= 3
+    from support.artifacts import read_tensors
+
+    a, _ = read_tensors(tmp_path / "ref/merged.safetensors")
+    b, _ = read_tensors(tmp_path / "run/merged.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
