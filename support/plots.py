@@ -105,3 +105,120 @@ def attention_grid(patterns: np.ndarray, tokens: Sequence[str], title: str, capt
                 ax.set_ylabel(f"L{l}", fontsize=8)
     fig.suptitle(title)
     return finish(fig, None, title, caption)
+
+
+# ----------------------------------------------------------------------------------------------- tracing & selection
+def heatmap_panels(panels: dict, title: str, caption: str, cmap: str = "Blues", vmin: float | None = 0.0,
+                   vmax: float | None = 1.0, cbar_label: str = "", marks: dict | None = None):
+    """Several layer × head heatmaps side by side on one colour scale (e.g. one per example, or raw vs final-norm).
+
+    `marks` maps a legend label to [(layer, head), ...], boxed in every panel.
+    """
+    n = len(panels)
+    first = next(iter(panels.values()))
+    L, H = first.shape
+    fig, axes = plt.subplots(1, n, figsize=(max(3.2, 0.38 * H + 1.6) * n, max(2.8, 0.36 * L + 1.4)), squeeze=False,
+                             layout="constrained")
+    im = None
+    for ax, (name, vals) in zip(axes[0], panels.items()):
+        im = ax.imshow(vals, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_xticks(range(H))
+        ax.set_yticks(range(L))
+        for (label, heads), color in zip((marks or {}).items(), ("tab:red", "tab:orange", "tab:green")):
+            for i, (l, h) in enumerate(heads):
+                ax.add_patch(plt.Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, edgecolor=color, lw=1.8,
+                                           label=label if i == 0 else None))
+    axes[0][0].set_ylabel("layer")
+    if marks:
+        axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, -0.12), fontsize=8)
+    fig.colorbar(im, ax=list(axes[0]), label=cbar_label, shrink=0.9)
+    fig.suptitle(title)
+    return finish(fig, None, title, caption)
+
+
+def entropy_strip(Hn: np.ndarray, title: str, caption: str, cmap: str = "Blues"):
+    """Heads × decoding steps of one example's normalised entropy [T, L, H] (App. G: blue and white bands)."""
+    T, L, H = Hn.shape
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.06 * T + 2.5), max(3.0, 0.09 * L * H + 1.2)))
+    im = ax.imshow(Hn.reshape(T, L * H).T, cmap=cmap, aspect="auto", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlabel("decoding step t")
+    ax.set_ylabel("head (layer.head)")
+    ticks = list(range(0, L * H, H))
+    ax.set_yticks(ticks, [f"{l}.0" for l in range(L)])
+    for y in ticks[1:]:
+        ax.axhline(y - 0.5, color="0.6", lw=0.5)
+    fig.colorbar(im, ax=ax, label="normalised entropy (Eq. 11)")
+    return finish(fig, ax, title, caption)
+
+
+def entropy_traces(traces: dict, log_k: float, title: str, caption: str, ylabel: str = "entropy (nats)"):
+    """Per-head entropy over decoding steps; `traces` maps a legend label to a [T] array."""
+    fig, ax = plt.subplots(figsize=(7.0, 3.4))
+    styles = ("-", "--", "-.", ":")
+    for i, (label, y) in enumerate(traces.items()):
+        ax.plot(np.arange(1, len(y) + 1), y, styles[i % 4], lw=1.6, label=label)
+    ax.axhline(log_k, color="0.5", lw=0.8, ls=":", label=f"log|K| = {log_k:.2f}")
+    ax.set_xlabel("decoding step t")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.03 * log_k, 1.08 * log_k)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return finish(fig, ax, title, caption)
+
+
+def option_traces(panels: dict, labels, title: str, caption: str):
+    """Option logits over decoding steps, one panel per head; `panels` maps a panel title to a [T, |K|] array."""
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False, sharex=True)
+    for ax, (name, z) in zip(axes[0], panels.items()):
+        z = np.asarray(z)
+        for k, lab in enumerate(labels):
+            ax.plot(np.arange(1, z.shape[0] + 1), z[:, k], lw=1.4, label=str(lab))
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("decoding step t")
+    axes[0][0].set_ylabel("option logit z[k] (Eq. 1)")
+    axes[0][-1].legend(title="option", fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title)
+    return finish(fig, None, title, caption)
+
+
+def split_half_plot(rhos: np.ndarray, half_a: np.ndarray, half_b: np.ndarray, title: str, caption: str,
+                    paper_rho: float | None = None):
+    """Fig. 3: (a) distribution of split-half Spearman rho, (b) per-head mean entropy, half A against half B."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    a.hist(rhos, bins=min(30, max(5, len(rhos) // 5)), color="tab:blue", alpha=0.8)
+    q25, q75 = np.percentile(rhos, [25, 75])
+    a.axvspan(q25, q75, color="tab:blue", alpha=0.15, label=f"IQR {q25:.3f}–{q75:.3f}")
+    a.axvline(np.median(rhos), color="k", lw=1, label=f"median {np.median(rhos):.3f}")
+    if paper_rho is not None:
+        a.axvline(paper_rho, color="tab:red", ls="--", lw=1, label=f"paper's ρ = {paper_rho}")
+    a.set_xlabel("split-half Spearman ρ")
+    a.set_ylabel("partitions")
+    a.set_title("(a) split-half ρ", fontsize=9)
+    a.legend(fontsize=7)
+    b.scatter(half_a, half_b, s=14, alpha=0.7)
+    lo, hi = float(min(half_a.min(), half_b.min())), float(max(half_a.max(), half_b.max()))
+    b.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--")
+    b.set_xlabel("mean entropy per head, half A (nats)")
+    b.set_ylabel("half B (nats)")
+    b.set_title("(b) one random partition", fontsize=9)
+    fig.suptitle(title)
+    return finish(fig, None, title, caption)
+
+
+def frequency_plot(freqs: dict, M: int, title: str, caption: str):
+    """Fig. 6: candidate frequency F of every head, sorted, one panel per kind; the budget M is marked."""
+    n = len(freqs)
+    fig, axes = plt.subplots(n, 1, figsize=(7.0, 2.3 * n), squeeze=False, sharex=True)
+    for ax, (name, f) in zip(axes[:, 0], freqs.items()):
+        f = np.asarray(f)
+        ax.bar(np.arange(1, len(f) + 1), f, color=["tab:blue" if i < M else "0.7" for i in range(len(f))])
+        ax.axvline(M + 0.5, color="tab:red", ls="--", lw=1, label=f"budget M = {M}")
+        ax.set_ylabel("frequency F")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("head rank")
+    fig.suptitle(title)
+    return finish(fig, None, title, caption)

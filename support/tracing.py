@@ -655,3 +655,64 @@ def load_traces(out_dir: Path | str, ids: Sequence[str] | None = None,
     if ids is None:
         ids = read_json(out_dir / "index.json", expect_model=expect_model)["ids"]
     return [load_trace(trace_path(out_dir, i), expect_model) for i in ids]
+
+
+# ----------------------------------------------------------------------------------------------- probe sets
+TOY_OPTIONS = {"toy_mc4": "A-D", "toy_mc5": "A-E", "toy_countdown": "digits+ops"}
+
+
+@dataclass
+class ProbeSet:
+    """Prompts to trace, with their ids, the option set to read out, and the gold answers."""
+
+    task: str
+    ids: list[str]
+    prompts: list[str]
+    options: str | tuple[str, ...]
+    answers: list[str]
+
+
+def probe_set(task: str, n: int, seed: int = 0, template: str = "chatml", tokenizer=None,
+              split: str | None = None) -> ProbeSet:
+    """A probe set of `n` examples (Sec. 3.3, D_probe).
+
+    Toy tasks come from `support.organism.generate` (held-out split, seed 1000 + seed so the probe is not the first
+    evaluation items); real multiple-choice tasks from `support.tasks.load_task` (the dev split where one exists),
+    restricted to the most common option count (so |K| is fixed), sampled with `seed` and formatted with the
+    App. B prompt in `template`.
+    """
+    import random
+
+    if n < 1:
+        raise ValueError(f"empty probe set: n must be >= 1, got {n}")
+    if task in TOY_OPTIONS:
+        from .organism import generate
+
+        items = generate(task, n, split or "test", seed=1000 + seed)
+        return ProbeSet(task, [it.id for it in items], [it.prompt for it in items], TOY_OPTIONS[task],
+                        [it.answer for it in items])
+    from .prompts import format_mc_prompt
+    from .tasks import MCItem, load_task
+
+    try:
+        res = load_task(task, split=split or "dev")
+    except (ValueError, FileNotFoundError):
+        res = load_task(task, split=split)
+    items = [it for it in res.items if isinstance(it, MCItem)]
+    if not items:
+        raise ValueError(f"task {task!r} has no multiple-choice items; tracing needs an option set")
+    from collections import Counter
+
+    k = Counter(len(it.options) for it in items).most_common(1)[0][0]  # one option count per probe set (|K| fixed)
+    items = [it for it in items if len(it.options) == k]
+    items = random.Random(seed).sample(items, min(n, len(items)))
+    letters = tuple("ABCDEFGHIJ"[:k])
+    return ProbeSet(task, [it.id for it in items],
+                    [format_mc_prompt(it.question, it.options, template, tokenizer) for it in items],
+                    letters, [it.answer for it in items])
+
+
+def trace_dir(run_dir: Path | str, task: str, norm: str = "raw") -> Path:
+    """Where chapter 01 writes (and chapter 02 reads) a task's traces: `<run_dir>/traces/<task>/<norm>/`."""
+    _check_norm(norm)
+    return Path(run_dir) / "traces" / task / norm

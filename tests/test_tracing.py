@@ -203,3 +203,14 @@ def test_trace_many_saves_resumes_and_refuses_mismatch(lm, tmp_path, monkeypatch
     other = {**lm.identity(), "weights": "something-else"}
     with pytest.raises(ProvenanceError):
         T.load_traces(tmp_path, expect_model=other)
+
+
+def test_probe_set_and_trace_dir(tmp_path):
+    ps = T.probe_set("toy_mc5", 3, seed=0)
+    assert len(ps.prompts) == len(ps.ids) == 3 and ps.options == "A-E" and ps.prompts[0].endswith("assistant\n")
+    assert T.probe_set("toy_countdown", 1).options == "digits+ops"
+    with pytest.raises(ValueError, match="empty probe set"):
+        T.probe_set("toy_mc4", 0)
+    assert T.trace_dir(tmp_path, "toy_mc4") == tmp_path / "traces" / "toy_mc4" / "raw"
+    with pytest.raises(ValueError, match="valid choices"):
+        T.trace_dir(tmp_path, "toy_mc4", "softmax")
