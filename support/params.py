@@ -105,6 +105,45 @@ SCHEMA: dict[str, dict[str, Param]] = {
 }
 
 
+_NORMS = ("raw", "final_norm")
+_TEMPLATES = ("chatml", "llama2", "model", "plain")
+
+SCHEMA["01_tracing"] = {
+    **COMMON,
+    "model_name": Param(str, _models, doc="model to trace"),
+    "tasks": Param(list, _tasks, item_kind=str, doc="tasks to trace; the first is the primary task"),
+    "n_probe": Param(int, lo=4, hi=1000, doc="traced examples of the primary task (the probe pool)"),
+    "n_probe_other": Param(int, lo=2, hi=1000, doc="traced examples of every other task"),
+    "norm": Param(str, _NORMS, doc="readout: the paper's raw logit lens or final RMSNorm on each head's output"),
+    "beta": Param(float, lo=0.0, lo_open=True, doc="inverse temperature of Eq. 2"),
+    "max_new_tokens": Param(int, lo=1, hi=4096, doc="decoding cap (App. F: 256)"),
+    "template": Param(str, _TEMPLATES, doc="chat template for real datasets (App. B.2)"),
+    "n_compare": Param(int, lo=0, hi=1000, doc="primary-task examples also traced with the other readout"),
+    "n_show": Param(int, lo=1, hi=8, doc="examples shown as heatmaps"),
+    "topk": Param(int, lo=2, hi=50, doc="size of the dynamic top-k option set (App. H.5 path 1)"),
+}
+
+SCHEMA["02_head_selection"] = {
+    **COMMON,
+    "model_name": Param(str, _models, doc="model whose traces are read (must match chapter 01's)"),
+    "tasks": Param(list, _tasks, item_kind=str, doc="tasks traced by chapter 01; the first is the primary task"),
+    "norm": Param(str, _NORMS, doc="which readout's traces to select from"),
+    "n_probe": Param(int, lo=4, hi=1000, doc="probe-set size N (paper: 40)"),
+    "probe_sizes": Param(list, lo=1, hi=1000, item_kind=int, doc="N values compared with n_probe (paper: 20, 60)"),
+    "M": Param(int, lo=1, hi=100000, doc="head budget (paper: 30); must not exceed L·H"),
+    "n_splits": Param(int, lo=1, hi=100000, doc="random split-half partitions (paper: 200)"),
+    "n_draws": Param(int, lo=1, hi=10000, doc="random probe draws for the probe-size analysis"),
+    "tau_low": Param(float, lo=0.0, hi=1.0, doc="steadfast threshold (App. F: 0.05)"),
+    "alpha_low": Param(float, lo=0.0, hi=1.0, doc="steadfast share of steps (App. F: 0.6)"),
+    "c_low": Param(int, lo=1, hi=4096, doc="steadfast minimal run length (App. F: 10)"),
+    "mu_low": Param(float, lo=0.0, hi=1.0, doc="steadfast mean bound (App. F: 0.25)"),
+    "tau_high": Param(float, lo=0.0, hi=1.0, doc="wavering threshold (ours; paper gives none)"),
+    "alpha_high": Param(float, lo=0.0, hi=1.0, doc="wavering share of steps (ours)"),
+    "c_high": Param(int, lo=1, hi=4096, doc="wavering minimal run length (ours)"),
+    "mu_high": Param(float, lo=0.0, hi=1.0, doc="wavering mean bound (ours)"),
+}
+
+
 def validate(chapter: str, namespace: Mapping[str, Any]) -> Mapping[str, Any]:
     """Check the chapter's parameters (read from `namespace`, e.g. `globals()`); return them as a read-only map."""
     if chapter not in SCHEMA:

@@ -619,9 +619,13 @@ def trace_many(lm, prompts: Sequence[str], ids: Sequence[str], out_dir: Path | s
 
     Also writes `<out_dir>/index.json` (the probe IDs in order, with provenance). Returns the trace paths.
     """
-    from tqdm.auto import tqdm
+    import warnings
 
     from .artifacts import write_json
+
+    with warnings.catch_warnings():  # tqdm.auto warns about missing ipywidgets inside notebooks
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
 
     prompts, ids = list(prompts), [str(i) for i in ids]
     if not prompts:
