@@ -181,29 +181,42 @@ def _check_norm(norm: str) -> None:
 
 @dataclass
 class Readout:
-    """Precomputed per-model readout weights (App. F stage 1, computed once per model and option set)."""
+    """Precomputed per-model readout weights (App. F stage 1, computed once per model and option set).
 
-    W_O: torch.Tensor  # [L, H, d_head, d_model] float32
-    W_U: torch.Tensor  # [d_model, |V|] float32 (columns used: K only)
-    gamma: torch.Tensor  # [d_model] final RMSNorm weight
-    eps: float
+    Only small tensors are kept on the CPU: P = W_O[l,h] W_U[:, K] and, for final_norm, the Gram matrices
+    G = W_O W_O^T. The dynamic top-k set reads W_O and W_U from the model, layer by layer, on its device.
+    """
+
+    lm: Any = field(repr=False)
     norm: str
     beta: float
     options: OptionSet | TopK
+    gamma: torch.Tensor  # [d_model] final RMSNorm weight (float32, CPU)
+    eps: float
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
     P: torch.Tensor | None = None  # [L, H, d_head, |K|]: W_O[l,h] @ (gamma *) W_U[:, K]
     G: torch.Tensor | None = None  # [L, H, d_head, d_head]: W_O W_O^T (final_norm only)
 
-    @property
-    def n_layers(self) -> int:
-        return self.W_O.shape[0]
+    def W_O_layer(self, layer: int) -> torch.Tensor:
+        """[H, d_head, d_model] output weights of one layer (model device and dtype)."""
+        return self.lm.bridge.blocks[layer].attn.W_O.detach()
+
+    def W_U_device(self) -> torch.Tensor:
+        """[d_model, |V|] unembedding (a view of the model's weights, no copy)."""
+        return self.lm.bridge.W_U.detach()
 
     @property
-    def n_heads(self) -> int:
-        return self.W_O.shape[1]
+    def W_O(self) -> torch.Tensor:
+        """[L, H, d_head, d_model] float32 CPU copy (reference implementations and tests; large for big models)."""
+        return torch.stack([self.W_O_layer(l).float().cpu() for l in range(self.n_layers)])
 
     @property
-    def d_head(self) -> int:
-        return self.W_O.shape[2]
+    def W_U(self) -> torch.Tensor:
+        """[d_model, |V|] float32 CPU copy (reference implementations and tests; large for big models)."""
+        return self.W_U_device().float().cpu()
 
 
 def final_norm_params(lm) -> tuple[torch.Tensor, float]:
@@ -214,47 +227,61 @@ def final_norm_params(lm) -> tuple[torch.Tensor, float]:
     return mod.weight.detach().float().cpu().clone(), float(eps)
 
 
+@torch.no_grad()
 def build_readout(lm, options: Any = "A-D", norm: str = "raw", beta: float = 1.0, **option_kw) -> Readout:
     """Resolve the option set and precompute W_O[h] W_U[:, K] for every layer (and the Gram matrices)."""
     _check_norm(norm)
-    if not (isinstance(beta, (int, float)) and beta > 0):
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta > 0):
         raise ValueError(f"beta must be a positive number, got {beta!r}")
     opts = resolve_options(lm.tokenizer, options, **option_kw)
-    with torch.no_grad():
-        W_O = lm.bridge.W_O.detach().float().cpu()
-        W_U = lm.bridge.W_U.detach().float().cpu()
     gamma, eps = final_norm_params(lm)
-    ro = Readout(W_O=W_O, W_U=W_U, gamma=gamma, eps=eps, norm=norm, beta=float(beta), options=opts)
+    W_U = lm.bridge.W_U.detach()
+    W0 = lm.bridge.blocks[0].attn.W_O
+    ro = Readout(lm=lm, norm=norm, beta=float(beta), options=opts, gamma=gamma, eps=eps, n_layers=lm.n_layers,
+                 n_heads=int(W0.shape[0]), d_head=int(W0.shape[1]), d_model=int(W0.shape[2]))
+    W_UK = None
     if isinstance(opts, OptionSet):
-        ids = [i for ids in opts.token_ids for i in ids]
-        if max(ids) >= W_U.shape[1]:
-            raise ValueError(f"option token id {max(ids)} is outside the model's vocabulary ({W_U.shape[1]})")
-        W_UK = W_U @ opts.matrix(W_U.shape[1])  # [d_model, |K|]
+        flat = [i for ids in opts.token_ids for i in ids]
+        if max(flat) >= W_U.shape[1]:
+            raise ValueError(f"option token id {max(flat)} is outside the model's vocabulary ({W_U.shape[1]})")
+        A = opts.matrix(W_U.shape[1])[flat].to(W_U.device)  # only the rows of the label tokens
+        W_UK = W_U[:, flat].float() @ A  # [d_model, |K|]
         if norm == "final_norm":
-            W_UK = gamma[:, None] * W_UK
-        ro.P = torch.einsum("lhdm,mk->lhdk", W_O, W_UK)
-    if norm == "final_norm":
-        ro.G = torch.einsum("lhdm,lhem->lhde", W_O, W_O)
+            W_UK = gamma.to(W_U.device)[:, None] * W_UK
+    P, G = [], []
+    for layer in range(ro.n_layers):
+        Wo = ro.W_O_layer(layer).float()
+        if W_UK is not None:
+            P.append(torch.einsum("hdm,mk->hdk", Wo, W_UK.to(Wo.device)).cpu())
+        if norm == "final_norm":
+            G.append(torch.einsum("hdm,hem->hde", Wo, Wo).cpu())
+    ro.P = torch.stack(P) if P else None
+    ro.G = torch.stack(G) if G else None
     return ro
 
 
+@torch.no_grad()
 def readout_logits(ro: Readout, Z: torch.Tensor, topk_ids: torch.Tensor | None = None,
-                   chunk: int = 32) -> torch.Tensor:
+                   budget: float = 3e7) -> torch.Tensor:
     """Option logits [T, L, H, |K|] from newest-position head inputs Z [T, L, H, d_head] (Eq. 1)."""
-    Z = Z.float()
+    Z = Z.float().cpu()
     if isinstance(ro.options, OptionSet):
         out = torch.einsum("tlhd,lhdk->tlhk", Z, ro.P)
-    else:  # dynamic top-k: K_t differs per step, so project o onto W_U[:, K_t] step by step (in chunks)
-        parts = []
-        for s in range(0, Z.shape[0], chunk):
-            o = torch.einsum("tlhd,lhdm->tlhm", Z[s:s + chunk], ro.W_O)
-            Wk = ro.W_U[:, topk_ids[s:s + chunk]]  # [d_model, t, k]
-            if ro.norm == "final_norm":
-                Wk = ro.gamma[:, None, None] * Wk
-            parts.append(torch.einsum("tlhm,mtk->tlhk", o, Wk))
-        out = torch.cat(parts) if parts else Z.new_zeros(0, ro.n_layers, ro.n_heads, len(ro.options))
+    else:  # dynamic top-k: K_t differs per step; per layer, o = z W_O then o . W_U[:, K_t], on the model's device
+        W_U = ro.W_U_device()
+        step = max(1, int(budget // (ro.n_heads * ro.d_model)))
+        out = Z.new_zeros(Z.shape[0], ro.n_layers, ro.n_heads, len(ro.options))
+        g = ro.gamma.to(W_U.device)
+        for layer in range(ro.n_layers):
+            Wo = ro.W_O_layer(layer).float()
+            for s in range(0, Z.shape[0], step):
+                o = torch.einsum("thd,hdm->thm", Z[s:s + step, layer].to(Wo.device), Wo)
+                Wk = W_U[:, topk_ids[s:s + step].to(W_U.device)].float()  # [d_model, t, k]
+                if ro.norm == "final_norm":
+                    Wk = g[:, None, None] * Wk
+                out[s:s + step, layer] = torch.einsum("thm,mtk->thk", o, Wk).cpu()
     if ro.norm == "final_norm":
-        ms = torch.einsum("tlhd,lhde,tlhe->tlh", Z, ro.G, Z) / ro.W_O.shape[-1]
+        ms = torch.einsum("tlhd,lhde,tlhe->tlh", Z, ro.G, Z) / ro.d_model
         out = out / torch.sqrt(ms.clamp_min(0) + ro.eps)[..., None]
     return out
 
@@ -537,7 +564,8 @@ def naive_trace(lm, prompt: str, readout: Readout, decode: DecodeConfig | None =
         raise ValueError("naive_trace supports fixed option sets only")
     ids = encode_prompt(lm, prompt)
     stop_ids, detector = eos_ids(lm), LoopDetector(cfg.loop_window, cfg.loop_ratio)
-    A = readout.options.matrix(readout.W_U.shape[1])
+    W_U = readout.W_U  # full float32 copy: the naive method projects onto the whole vocabulary
+    A = readout.options.matrix(W_U.shape[1])
     names = [f"blocks.{l}.attn.hook_result" for l in range(lm.n_layers)]
     b, prev = lm.bridge, bool(getattr(lm.bridge.cfg, "use_attn_result", False))
     b.set_use_attn_result(True)
@@ -548,7 +576,7 @@ def naive_trace(lm, prompt: str, readout: Readout, decode: DecodeConfig | None =
             o = torch.stack([cache[n][0, -1] for n in names]).float().cpu()  # [L, H, d_model]
             if readout.norm == "final_norm":
                 o = readout.gamma * o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + readout.eps)
-            rows.append((o @ readout.W_U) @ A)  # full-vocabulary logit lens, then restrict to K
+            rows.append((o @ W_U) @ A)  # full-vocabulary logit lens, then restrict to K
             nxt = int(logits[0, -1].argmax())
             out.append(nxt)
             if nxt in stop_ids or detector(out):
