@@ -153,11 +153,12 @@ def _linear(mod: nn.Module) -> nn.Module:
 
 
 def geometry(model: nn.Module) -> Geometry:
-    """Read the attention geometry from the HF config (head_dim when the config has one, else d/H)."""
+    """Read the attention geometry from the HF config (head_dim when the config has one, else d/H); also works on a
+    bridged model."""
     c = model.config
     n_heads = int(c.num_attention_heads)
     d_head = int(getattr(c, "head_dim", None) or c.hidden_size // n_heads)
-    q = _linear(attention_modules(model)[0].q_proj)
+    q = next(m for n, m in model.named_modules() if isinstance(m, nn.Linear) and "q_proj" in n.split(".")[-2:])
     return Geometry(d_model=int(c.hidden_size), d_head=d_head, n_layers=int(c.num_hidden_layers), n_heads=n_heads,
                     n_kv_heads=int(getattr(c, "num_key_value_heads", None) or n_heads),
                     qkv_bias=getattr(q, "bias", None) is not None)
@@ -354,11 +355,17 @@ class Prepared:
             return {n: p.detach() for n, p in self.model.named_parameters() if "lora_" in n}
         return {}
 
-    def finish(self) -> nn.Module:
-        """Merge SHFT deltas into the weights (LoRA adapters stay live, as peft runs them); freeze; eval mode."""
+    def finish(self, merge: bool | None = None) -> nn.Module:
+        """Freeze, eval mode, and merge SHFT deltas into the weights (LoRA adapters stay live, as peft runs them).
+
+        `merge=None` merges only fp32 weights: adding small deltas to bf16/fp16 weights would round them away,
+        so there the hooks stay live instead (the model then computes exactly W + Δ in the forward pass).
+        """
         if self.shft is not None:
-            self.shft.merge()
-            self.shft = None
+            w = _linear(attention_modules(self.model)[0].q_proj).weight
+            if merge or (merge is None and w.dtype == torch.float32):
+                self.shft.merge()
+                self.shft = None
         for p in self.model.parameters():
             p.requires_grad_(False)
         return self.model.eval()
