@@ -144,6 +144,30 @@ SCHEMA["02_head_selection"] = {
 }
 
 
+SCHEMA["04_selective_sft"] = {
+    **COMMON,
+    "model_name": Param(str, _models, doc="model to fine-tune (must match chapters 01-02's)"),
+    "tasks": Param(list, _tasks, item_kind=str, doc="tasks with chapter-02 head sets; the first is the primary task"),
+    "n_train": Param(int, lo=1, hi=1000000, doc="SFT items per task"),
+    "n_eval": Param(int, lo=1, hi=100000, doc="held-out evaluation items per task"),
+    "epochs": Param(float, lo=0.0, lo_open=True, doc="training epochs (App. E: 10); max_steps > 0 overrides"),
+    "max_steps": Param(int, lo=0, doc="optimizer steps (0: derive from epochs)"),
+    "lr": Param(float, lo=0.0, lo_open=True, hi=1.0, doc="learning rate (App. E: 5e-5)"),
+    "grad_accum": Param(int, lo=1, hi=4096, doc="gradient accumulation with batch 1 (App. E: 8)"),
+    "max_length": Param(int, lo=16, hi=131072, doc="max tokens, truncated from the left (App. E: 1024)"),
+    "train_dtype": Param(str, ("float32", "bfloat16"), doc="weights while training"),
+    "n_seeds": Param(int, lo=1, hi=20, doc="training seeds (App. H.2: 3)"),
+    "n_draws": Param(int, lo=1, hi=20, doc="random-head draws (App. H.3: 3)"),
+    "budgets": Param(list, lo=1, item_kind=int, doc="head budgets for Fig. 4 (paper: 5-50); each must be ≤ L·H"),
+    "n_probe": Param(int, lo=2, hi=1000, doc="probe prompts retraced before/after training (Fig. 5)"),
+    "n_ppl": Param(int, lo=1, hi=100000, doc="general texts per source for perplexity (Table 2)"),
+    "max_new_tokens": Param(int, lo=1, hi=4096, doc="evaluation decoding cap"),
+    "template": Param(str, _TEMPLATES, doc="chat template for real datasets (App. B.2)"),
+    "lora_r": Param(int, lo=1, hi=1024, doc="LoRA rank (App. E: 8)"),
+    "lora_alpha": Param(int, lo=1, hi=4096, doc="LoRA alpha (App. E: 16)"),
+    "save_every": Param(int, lo=0, doc="checkpoint every N optimizer steps (0: final state only)"),
+}
+
 def validate(chapter: str, namespace: Mapping[str, Any]) -> Mapping[str, Any]:
     """Check the chapter's parameters (read from `namespace`, e.g. `globals()`); return them as a read-only map."""
     if chapter not in SCHEMA:

@@ -222,3 +222,43 @@ def frequency_plot(freqs: dict, M: int, title: str, caption: str):
     axes[-1, 0].set_xlabel("head rank")
     fig.suptitle(title)
     return finish(fig, None, title, caption)
+
+
+def budget_curve(budgets: Sequence[int], series: dict, title: str, caption: str, refs: dict | None = None,
+                 ylabel: str = "accuracy"):
+    """Fig. 4 (paper 000): score against the head budget M, one line per head set (mean ± std when given).
+
+    `series`: {name: (means, stds or None)}; `refs`: {name: value} drawn as horizontal reference lines.
+    """
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    colors = {"WH-only": "tab:orange", "SH-only": "tab:blue"}
+    for name, (mean, std) in series.items():
+        mean = np.asarray(mean, dtype=float)
+        std = None if std is None else np.asarray(std, dtype=float)
+        ax.errorbar(budgets, mean, yerr=std, marker="o", capsize=3, label=name, color=colors.get(name))
+    for i, (name, v) in enumerate((refs or {}).items()):
+        ax.axhline(v, ls="--", lw=1, color=f"{0.3 + 0.2 * i:.1f}", label=name)
+    ax.set_xlabel("head budget M")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(list(budgets))
+    ax.legend(fontsize=8)
+    return finish(fig, ax, title, caption)
+
+
+def entropy_drop_plot(groups: dict, title: str, caption: str, stats: dict | None = None):
+    """Fig. 5 (paper 000): ΔH = H_pre − H_post per selected head, one box (with every head as a point) per set."""
+    rng = np.random.default_rng(SEED)
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    names = list(groups)
+    data = [np.asarray(groups[n], dtype=float) for n in names]
+    ax.boxplot(data, widths=0.5, showfliers=False)
+    for i, d in enumerate(data, 1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(d)), d, s=16, alpha=0.75,
+                   color=["tab:orange", "tab:blue", "tab:green"][(i - 1) % 3], zorder=3)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.axhline(0.0, color="0.5", lw=0.8, ls=":")
+    ax.set_ylabel("ΔH = H_pre − H_post (nats)")
+    if stats:
+        ax.text(0.02, 0.98, f"Mann–Whitney U p = {stats['p']:.3g}\n|r_rb| = {abs(stats['r_rb']):.3f}, "
+                f"Cliff's δ = {stats['cliffs_delta']:.3f}", transform=ax.transAxes, va="top", fontsize=8)
+    return finish(fig, ax, title, caption)
