@@ -43,6 +43,7 @@ Metrics: accuracy, macro recall and macro F1 on the final answer letter parsed f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -526,8 +527,9 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     if not params:
         return TrainResult(steps=0, log=[], seconds=0.0)
     out = Path(out_dir) if out_dir is not None else None
+    key = run_key(cfg, examples)
     if out is not None and (out / "train_log.json").exists():
-        return _load_finished(model, out, cfg)
+        return _load_finished(model, out, key)
     dev = next(iter(params.values())).device
     total = cfg.steps(len(examples))
     per_step = cfg.batch_size * cfg.grad_accum
@@ -541,7 +543,7 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     log: list[dict] = []
     start = 0
     if out is not None and (out / "checkpoint" / "latest.json").exists():
-        start, log = load_checkpoint(out, model, opt, sched, scaler, cfg)
+        start, log = load_checkpoint(out, model, opt, sched, scaler, key)
     model.train()
     bar = tqdm(total=total, initial=start, disable=not progress, desc="train", leave=False)
     try:
@@ -552,7 +554,7 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
                 log.append({"step": step + 1, "loss": round(loss, 6), "lr": sched.get_last_lr()[0]})
             bar.update(1)
             if out is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-                save_checkpoint(out, model, opt, sched, scaler, cfg, step + 1, log)
+                save_checkpoint(out, model, opt, sched, scaler, key, step + 1, log)
             if callback is not None:
                 callback(step + 1, loss)
     finally:
@@ -563,7 +565,7 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     if out is not None:
         write_tensors(out / "final.safetensors", {n: p for n, p in params.items()}, dict(prov or {}))
         atomic_write_bytes(out / "train_log.json", json.dumps(
-            {"config": asdict(cfg), **{k: v for k, v in asdict(res).items()}}, indent=1).encode())
+            {"config": key, **asdict(res)}, indent=1).encode())
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
     return res
 
@@ -633,7 +635,16 @@ def _opt_join(tensors: Mapping[str, torch.Tensor], js: Mapping[str, Any]) -> dic
     return {"state": state, "param_groups": js["param_groups"]}
 
 
-def save_checkpoint(out: Path, model, opt, sched, scaler, cfg: TrainConfig, step: int, log: list[dict]) -> Path:
+def run_key(cfg: TrainConfig, examples: Sequence[SFTExample]) -> dict:
+    """What identifies a training run for resuming: the config plus a hash of the encoded data (in order)."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.input_ids, e.labels]).encode())
+    return {**asdict(cfg), "data": h.hexdigest()[:16], "n_examples": len(examples)}
+
+
+def save_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any], step: int, log: list[dict]
+                    ) -> Path:
     """Write `out/checkpoint/step-<k>/` (trainable tensors, optimizer, RNG: safetensors; the rest: JSON), then
     point `latest.json` at it atomically and delete older checkpoints (at most one kept)."""
     root = out / "checkpoint"
@@ -643,7 +654,7 @@ def save_checkpoint(out: Path, model, opt, sched, scaler, cfg: TrainConfig, step
     rng_t, rng_j = _rng_state()
     write_tensors(d / "trainable.safetensors", _trainable(model), {"step": step})
     write_tensors(d / "state.safetensors", {**opt_t, **rng_t}, {"step": step})
-    state = {"step": step, "config": asdict(cfg), "optimizer": opt_j, "scheduler": sched.state_dict(),
+    state = {"step": step, "config": dict(key), "optimizer": opt_j, "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler else None, "rng": rng_j, "log": log}
     atomic_write_bytes(d / "state.json", json.dumps(state).encode())
     atomic_write_bytes(root / "latest.json", json.dumps({"step": step, "dir": d.name}).encode())
@@ -653,13 +664,13 @@ def save_checkpoint(out: Path, model, opt, sched, scaler, cfg: TrainConfig, step
     return d
 
 
-def _check_config(saved: Mapping[str, Any], cfg: TrainConfig, where: Path) -> None:
+def _check_config(saved: Mapping[str, Any], key: Mapping[str, Any], where: Path) -> None:
     keep = ("save_every", "log_every")
     a = {k: v for k, v in saved.items() if k not in keep}
-    b = {k: v for k, v in asdict(cfg).items() if k not in keep}
+    b = {k: v for k, v in key.items() if k not in keep}
     if a != b:
-        diff = sorted(k for k in b if a.get(k) != b[k])
-        raise ValueError(f"{where} holds a run with a different training config (differs in {diff}); "
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ValueError(f"{where} holds a run with a different training config or data (differs in {diff}); "
                          "use a fresh output directory")
 
 
@@ -673,12 +684,12 @@ def _load_params(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: P
             p.copy_(tensors[n])
 
 
-def load_checkpoint(out: Path, model, opt, sched, scaler, cfg: TrainConfig) -> tuple[int, list[dict]]:
+def load_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any]) -> tuple[int, list[dict]]:
     """Restore trainable tensors, optimizer, scheduler, scaler and RNG states; returns (step, log)."""
     root = out / "checkpoint"
     d = root / json.loads((root / "latest.json").read_text())["dir"]
     state = json.loads((d / "state.json").read_text())
-    _check_config(state["config"], cfg, out)
+    _check_config(state["config"], key, out)
     _load_params(model, read_tensors(d / "trainable.safetensors")[0], d)
     tensors, _ = read_tensors(d / "state.safetensors")
     opt.load_state_dict(_opt_join(tensors, state["optimizer"]))
@@ -689,9 +700,9 @@ def load_checkpoint(out: Path, model, opt, sched, scaler, cfg: TrainConfig) -> t
     return int(state["step"]), list(state["log"])
 
 
-def _load_finished(model: nn.Module, out: Path, cfg: TrainConfig) -> TrainResult:
+def _load_finished(model: nn.Module, out: Path, key: Mapping[str, Any]) -> TrainResult:
     info = json.loads((out / "train_log.json").read_text())
-    _check_config(info["config"], cfg, out)
+    _check_config(info["config"], key, out)
     _load_params(model, read_tensors(out / "final.safetensors")[0], out)
     model.eval()
     keys = ("steps", "log", "seconds", "resumed_from", "n_trainable", "optimizer_bytes")

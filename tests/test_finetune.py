@@ -288,8 +288,11 @@ def test_resume_in_process_full_sft(tmp_path):
     got, res = run(tmp_path / "b")
     assert res.resumed_from == 4 and [r["step"] for r in res.log] == list(range(1, 7))
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), got.state_dict().values()))
-    with pytest.raises(ValueError, match="different training config"):
-        ft.train(ref, examples(), ft.TrainConfig(lr=1.0, max_steps=6), out_dir=tmp_path / "a")
+    ft.prepare("full", ref)
+    with pytest.raises(ValueError, match=r"different training config or data \(differs in \['grad_accum', 'lr'"):
+        ft.train(ref, examples(), ft.TrainConfig(lr=1.0, max_steps=6, save_every=2), out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match=r"differs in \['data'\]"):
+        ft.train(ref, examples(seed=1), cfg, out_dir=tmp_path / "a")
 
 
 SCRIPT = textwrap.dedent("""
