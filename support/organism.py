@@ -31,6 +31,8 @@ from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, question_bloc
 SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MAX_VALUE = 99
 TOY_TASKS = ("toy_mc4", "toy_mc5", "toy_countdown")
+#: Pretraining mix. `toy_lookup` ("Which option is 39 ?") trains the option-retrieval step on its own.
+MIX = {"toy_mc4": 0.35, "toy_mc5": 0.15, "toy_countdown": 0.25, "toy_lookup": 0.25}
 COUNTDOWN_SYSTEM = "You are a helpful reasoning assistant. You must perform explicit step-by-step reasoning before giving the final answer."
 COUNTDOWN_INSTRUCTION = (
     "Use each number exactly once with + - * to reach the target. Please think step by step. After reasoning, "
@@ -96,6 +98,15 @@ def _bucket(key: str) -> str:
     return "test" if int(hashlib.sha256(key.encode()).hexdigest(), 16) % 10 == 0 else "train"
 
 
+def _options(rng: random.Random, value: int, n_options: int) -> tuple[list[int], str]:
+    """The true value plus distractors at small offsets (±1, ±2, ±3, ±10), shuffled; returns (options, gold letter)."""
+    offsets = [d for d in (-10, -2, -1, 1, 2, 10, 3, -3) if 0 <= value + d <= MAX_VALUE]
+    rng.shuffle(offsets)
+    options = [value] + [value + d for d in offsets[: n_options - 1]]
+    rng.shuffle(options)
+    return options, LETTERS[options.index(value)]
+
+
 def _mc_item(rng: random.Random, n_options: int) -> ToyItem:
     while True:
         k = rng.choice((2, 3))
@@ -114,17 +125,23 @@ def _mc_item(rng: random.Random, n_options: int) -> ToyItem:
         if ok:
             break
     result = vals[-1]
-    offsets = [d for d in (-10, -2, -1, 1, 2, 10, 3, -3) if 0 <= result + d <= MAX_VALUE]
-    rng.shuffle(offsets)
-    options = [result] + [result + d for d in offsets[: n_options - 1]]
-    rng.shuffle(options)
-    gold = LETTERS[options.index(result)]
+    options, gold = _options(rng, result, n_options)
     question = f"What is {vals[0]} {' '.join(ops)} ?"
     rationale = "\n".join(steps + [f"The result is {result} , which is option {gold} ."])
     task = f"toy_mc{n_options}"
     key = f"{task}|{question}|{options}"
     return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task=task, question=question,
                    options=tuple(str(o) for o in options), answer=gold, rationale=rationale)
+
+
+def _lookup_item(rng: random.Random, n_options: int = 4) -> ToyItem:
+    """Auxiliary pretraining item: find the option that holds a given number (the retrieval step of toy_mc)."""
+    value = rng.randint(0, MAX_VALUE)
+    options, gold = _options(rng, value, n_options)
+    question = f"Which option is {value} ?"
+    key = f"toy_lookup|{question}|{options}"
+    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task="toy_lookup", question=question,
+                   options=tuple(str(o) for o in options), answer=gold, rationale=f"{value} is option {gold} .")
 
 
 def _countdown_item(rng: random.Random) -> ToyItem:
@@ -164,12 +181,15 @@ def generate(task: str, n: int, split: str = "test", seed: int = 0) -> list[ToyI
 
 def mixture(seed: int, weights: dict[str, float] | None = None) -> Iterator[ToyItem]:
     """Endless deterministic stream of training items from the pretraining mix."""
-    weights = weights or {"toy_mc4": 0.4, "toy_mc5": 0.2, "toy_countdown": 0.4}
+    weights = weights or MIX
     rng = random.Random(f"mix|{seed}")
     tasks, w = list(weights), list(weights.values())
     while True:
         task = rng.choices(tasks, w)[0]
-        it = _countdown_item(rng) if task == "toy_countdown" else _mc_item(rng, int(task[-1]))
+        if task == "toy_lookup":
+            it = _lookup_item(rng, rng.choice((4, 5)))
+        else:
+            it = _countdown_item(rng) if task == "toy_countdown" else _mc_item(rng, int(task[-1]))
         if _bucket(it.id) == "train":
             yield it
 
@@ -187,6 +207,7 @@ def build_tokenizer(out_dir: Path):
     words: set[str] = {str(i) for i in range(MAX_VALUE + 1)}
     corpus = [UNIFIED_SYSTEM, UNIFIED_INSTRUCTION, COUNTDOWN_SYSTEM, COUNTDOWN_INSTRUCTION, "system user assistant"]
     rng_items = [g for t in TOY_TASKS for g in generate(t, 50, "train", seed=99)]
+    rng_items += [_lookup_item(random.Random(i)) for i in range(5)]
     corpus += [it.text for it in rng_items]
     corpus += [f"{L}. Answer: {L} option {L}" for L in LETTERS[:5]]
     corpus += ["( ) + - * = ? . , : Numbers Target What is The result target which"]
@@ -217,9 +238,15 @@ def build_model(vocab_size: int, seed: int):
 
 
 def _batch(tok, items: list[ToyItem]) -> dict:
+    """Right-padded batch with the loss on the assistant response only (prompt and padding masked with -100).
+
+    The prompt's option numbers are random by construction, so a loss on them would be irreducible noise that
+    drowns out the reasoning tokens."""
     enc = tok([it.text for it in items], return_tensors="pt", padding=True, padding_side="right")
     labels = enc.input_ids.clone()
     labels[enc.attention_mask == 0] = -100
+    for i, it in enumerate(items):
+        labels[i, : len(tok(it.prompt).input_ids)] = -100
     return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
 
 
@@ -298,11 +325,11 @@ def train(out: Path, steps: int = 1200, batch_size: int = 32, lr: float = 3e-3, 
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % 25 == 0 or step == 1:
-            curve.append({"step": step, "loss": round(float(loss), 5), "seconds": round(time.time() - t0, 1)})
+            curve.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - t0, 1)})
         if step % eval_every == 0 or step == steps:
             acc = evaluate(model, tok, n=100, seed=1, tasks=("toy_mc4", "toy_mc5"))
             evals.append({"step": step, **acc})
-            print(f"step {step} loss {float(loss):.4f} acc {acc} ({time.time() - t0:.0f}s)", flush=True)
+            print(f"step {step} loss {loss.item():.4f} acc {acc} ({time.time() - t0:.0f}s)", flush=True)
     model.eval()
     model.save_pretrained(str(out), safe_serialization=True)
     log = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "train_seconds": round(time.time() - t0),

@@ -88,7 +88,7 @@ def layer_head_heatmap(values: np.ndarray, title: str, caption: str, cmap: str =
     return finish(fig, ax, title, caption)
 
 
-def attention_grid(patterns: np.ndarray, tokens: Sequence[str], title: str, caption: str, max_tokens: int = 40):
+def attention_grid(patterns: np.ndarray, tokens: Sequence[str], title: str, caption: str, max_tokens: int = 128):
     """Layer × head grid of attention patterns [L, H, q, k] for one prompt (last `max_tokens` positions)."""
     L, H = patterns.shape[:2]
     p = patterns[..., -max_tokens:, -max_tokens:]
