@@ -61,7 +61,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .artifacts import atomic_write_bytes, read_tensors, write_tensors
+from .params import check_budget
 from .prompts import LETTERS, format_mc_prompt, parse_answer
+from .selection import random_heads
 
 Head = tuple[int, int]
 
@@ -80,15 +82,6 @@ def check_regime(regime: str) -> str:
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; valid choices: {', '.join(REGIMES)}")
     return regime
-
-
-def check_budget(m: int, n_layers: int, n_heads: int) -> int:
-    """A head budget must satisfy 1 ≤ M ≤ L·H (paper: M = 30)."""
-    total = n_layers * n_heads
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= int(m) <= total:
-        raise ValueError(f"head budget M={m!r} does not fit this model ({n_layers} layers × {n_heads} heads); "
-                         f"valid choices: an integer in [1, {total}]")
-    return int(m)
 
 
 def _as_head(h: Any) -> Head:
@@ -112,13 +105,6 @@ def check_heads(heads: Iterable[Any], n_layers: int, n_heads: int) -> list[Head]
         raise ValueError(f"head index out of range: {bad}; valid choices: layer in [0, {n_layers - 1}], "
                          f"head in [0, {n_heads - 1}]")
     return out
-
-
-def random_heads(n_layers: int, n_heads: int, m: int, seed: int) -> list[Head]:
-    """A seeded uniform draw of M distinct heads (the Random-head regime; App. H.3 uses 3 draws)."""
-    check_budget(m, n_layers, n_heads)
-    pool = [(l, h) for l in range(n_layers) for h in range(n_heads)]
-    return sorted(random.Random(f"random-heads|{seed}").sample(pool, int(m)))
 
 
 # ----------------------------------------------------------------------------------------------- geometry

@@ -190,9 +190,13 @@ def check_names(chapter: str, names: list[str] | tuple[str, ...]) -> None:
         raise ParameterError(f"unknown parameter(s) {bad} for chapter {chapter}; valid: {sorted(SCHEMA[chapter])}")
 
 
-def check_budget(m: int, n_layers: int, n_heads: int, name: str = "m") -> None:
-    """A head budget must fit the model: 1 ≤ M ≤ L·H."""
+def check_budget(m: int, n_layers: int, n_heads: int, name: str = "M") -> int:
+    """A head budget must fit the model: an integer with 1 ≤ M ≤ L·H (paper: M = 30). Returns it as int."""
+    import numbers
+
     total = n_layers * n_heads
-    if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= total:
+    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= int(m) <= total:
         raise ParameterError(
-            f"head budget {name}={m!r} is out of range [1, {total}] for this model ({n_layers} layers × {n_heads} heads)")
+            f"head budget {name}={m!r} is out of range for this model ({n_layers} layers × {n_heads} heads); "
+            f"valid choices: an integer in [1, {total}]")
+    return int(m)

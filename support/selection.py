@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .artifacts import read_json, write_json
+from .params import check_budget
 
 KINDS = ("steadfast", "wavering")
 Head = tuple[int, int]
@@ -139,13 +140,6 @@ class Ranking:
         """The top-M heads; ValueError if M is not in 1..L*H."""
         check_budget(M, *self.F.shape)
         return self.order[:M]
-
-
-def check_budget(M: int, n_layers: int, n_heads: int) -> None:
-    total = n_layers * n_heads
-    if not (isinstance(M, (int, np.integer)) and 1 <= M <= total):
-        raise ValueError(f"head budget M={M!r} must be an integer in 1..L*H = 1..{total} "
-                         f"(L={n_layers} layers x H={n_heads} heads)")
 
 
 def rank_heads(entropies: Sequence, crit: Criteria) -> Ranking:
