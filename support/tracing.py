@@ -702,6 +702,7 @@ class ProbeSet:
     prompts: list[str]
     options: str | tuple[str, ...]
     answers: list[str]
+    skipped: int = 0  # malformed dataset rows skipped under support.tasks' policy (shown by chapter 01)
 
 
 def probe_set(task: str, n: int, seed: int = 0, template: str = "chatml", tokenizer=None,
@@ -741,7 +742,7 @@ def probe_set(task: str, n: int, seed: int = 0, template: str = "chatml", tokeni
     letters = tuple("ABCDEFGHIJ"[:k])
     return ProbeSet(task, [it.id for it in items],
                     [format_mc_prompt(it.question, it.options, template, tokenizer) for it in items],
-                    letters, [it.answer for it in items])
+                    letters, [it.answer for it in items], skipped=len(res.skipped))
 
 
 def trace_dir(run_dir: Path | str, task: str, norm: str = "raw") -> Path:

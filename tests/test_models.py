@@ -46,7 +46,7 @@ def test_toy_tokenizer_roundtrip_through_autotokenizer(toy):
 
     tok = AutoTokenizer.from_pretrained(str(toy.path / "tokenizer"))
     text = "12 + 7 = 19\nAnswer: C"
-    assert tok.convert_ids_to_tokens(tok(text).input_ids) == ["12", "+", "7", "=", "19", "\n", "Answer:", "C"]
+    assert tok.convert_ids_to_tokens(tok(text).input_ids) == ["12", "+", "7", "=", "19", "\n", "Answer", ":", "C"]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
@@ -91,3 +91,10 @@ def test_trust_remote_code_is_off_by_default():
     import inspect
 
     assert inspect.signature(load_model).parameters["trust_remote_code"].default is False
+
+
+def test_toy_vocabulary_covers_the_appendix_b_prompt(toy):
+    from support.prompts import format_mc_prompt
+
+    ids = toy.tokenizer(format_mc_prompt("What is 12 + 7 ?", ["19", "18", "29", "20"], "chatml")).input_ids
+    assert toy.tokenizer.unk_token_id not in ids

@@ -214,3 +214,20 @@ def test_probe_set_and_trace_dir(tmp_path):
     assert T.trace_dir(tmp_path, "toy_mc4") == tmp_path / "traces" / "toy_mc4" / "raw"
     with pytest.raises(ValueError, match="valid choices"):
         T.trace_dir(tmp_path, "toy_mc4", "softmax")
+
+
+def test_probe_set_reports_skipped_malformed_rows(tmp_path, monkeypatch):
+    """Malformed rows are skipped and counted (never silently): the count reaches the chapter via ProbeSet."""
+    import json as _json
+
+    from support.tracing import probe_set
+
+    d = tmp_path / "arc"
+    d.mkdir()
+    good = {"id": "q1", "question": {"stem": "Which is hot?", "choices": [
+        {"text": t, "label": l} for t, l in zip(["ice", "fire", "snow", "rain"], "ABCD")]}, "answerKey": "B"}
+    bad = {"id": "q2", "question": {"stem": "", "choices": good["question"]["choices"]}, "answerKey": "A"}
+    (d / "ARC-Challenge-Dev.jsonl").write_text("\n".join(_json.dumps(r) for r in (good, bad, good | {"id": "q3"})))
+    monkeypatch.setenv("RH_DATA_DIR", str(tmp_path))
+    ps = probe_set("arc_challenge", 5, template="chatml")
+    assert ps.skipped == 1 and sorted(ps.ids) == ["q1", "q3"]
