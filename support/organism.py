@@ -304,8 +304,8 @@ def evaluate(model, tok, n: int = 200, seed: int = 0, tasks: tuple[str, ...] = T
             for items in [generate(t, n, "test", seed)]}
 
 
-def train(out: Path, steps: int = 1200, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
-          eval_every: int = 300, threads: int = 2) -> dict:
+def train(out: Path, steps: int = 3000, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
+          eval_every: int = 500, threads: int = 2) -> dict:
     """Train the organism from scratch, deterministically, and write weights, tokenizer and model card to `out`."""
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
@@ -365,6 +365,11 @@ def model_card(log: dict) -> str:
                     for k, v in log["heldout_accuracy"].items())
     curve = ", ".join(f"{c['step']}: {c['loss']:.3f}" for c in log["curve"][:: max(1, len(log["curve"]) // 10)])
     mix = ", ".join(f"{w:.0%} `{t}`" for t, w in MIX.items())
+    mc4 = log["heldout_accuracy"].get("toy_mc4", 0.0)
+    status = ("Status: four-option accuracy is inside the intended 50–90% band." if 0.5 <= mc4 <= 0.9 else
+              f"Status: four-option accuracy {mc4:.2f} is OUTSIDE the intended 50–90% band (chance 0.25). The chain of "
+              "thought usually gets the arithmetic right, but the organism has not learned to retrieve the letter of "
+              "the option that holds its result, so the final letter is close to a guess.")
     return f"""# toy-qwen2: the Reasoning Heads model organism
 
 A `Qwen2ForCausalLM` (RMSNorm, rotary, gated SiLU MLP, grouped-query attention) built from a config and trained
@@ -391,6 +396,8 @@ are held out and never trained on.
 | task | accuracy | chance |
 |---|---|---|
 {acc}
+
+{status}
 """
 
 
@@ -399,13 +406,14 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the organism from scratch, then evaluate it and write its model card")
     t.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data/organism/toy-qwen2")
-    t.add_argument("--steps", type=int, default=1200)
+    t.add_argument("--steps", type=int, default=3000)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     if args.cmd == "train":
-        train(args.out, args.steps, args.batch_size, args.lr, args.seed)
+        train(args.out, args.steps, args.batch_size, args.lr, args.seed, threads=args.threads)
         print(json.dumps(write_card(args.out)["heldout_accuracy"]))
 
 
