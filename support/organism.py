@@ -30,7 +30,7 @@ from typing import Iterator
 
 import torch
 
-from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, question_block
+from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, question_block, user_turn
 
 SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MAX_VALUE = 99
@@ -74,9 +74,9 @@ class ToyItem:
 
     @property
     def prompt(self) -> str:
-        """ChatML with the user turn only: the organism is too small to spend its context on a fixed preamble
-        (real models get the full App. B system message and instruction from `support.prompts`)."""
-        return f"<|im_start|>user\n{self.user}<|im_end|>\n<|im_start|>assistant\n"
+        """ChatML with the user turn only (template `organism`): the organism is too small to spend its context on a
+        fixed preamble (real models get the full App. B system message and instruction from `support.prompts`)."""
+        return user_turn(self.user)
 
     @property
     def user(self) -> str:

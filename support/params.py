@@ -105,8 +105,8 @@ SCHEMA: dict[str, dict[str, Param]] = {
 }
 
 
-_NORMS = ("raw", "final_norm")
-_TEMPLATES = ("chatml", "llama2", "model", "plain")
+from .prompts import TEMPLATES as _TEMPLATES  # noqa: E402  (one list of chat templates)
+from .tracing import NORMS as _NORMS  # noqa: E402
 
 SCHEMA["01_tracing"] = {
     **COMMON,

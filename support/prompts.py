@@ -22,7 +22,7 @@ UNIFIED_INSTRUCTION = (
     "the last line exactly in the format: Answer: <OPTION_LETTER>."
 )
 
-TEMPLATES = ("chatml", "llama2", "model", "plain")
+TEMPLATES = ("chatml", "llama2", "model", "plain", "organism")
 
 
 def question_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
@@ -36,6 +36,11 @@ def question_block(question: str, options: Sequence[str], letters: str = LETTERS
 def user_message(question: str, options: Sequence[str]) -> str:
     """App. B.1 user message: question stem + options, then the unified instruction."""
     return question_block(question, options) + "\n" + UNIFIED_INSTRUCTION
+
+
+def user_turn(user: str) -> str:
+    """A bare ChatML user turn: the toy organism's training format (no system preamble, no instruction)."""
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def wrap(system: str, user: str, template: str = "chatml", tokenizer=None) -> str:
@@ -57,7 +62,9 @@ def wrap(system: str, user: str, template: str = "chatml", tokenizer=None) -> st
 
 
 def format_mc_prompt(question: str, options: Sequence[str], template: str = "chatml", tokenizer=None) -> str:
-    """The full App. B prompt for one multiple-choice item."""
+    """The full App. B prompt for one multiple-choice item (`organism`: the toy's bare question-and-options turn)."""
+    if template == "organism":
+        return user_turn(question_block(question, options))
     return wrap(UNIFIED_SYSTEM, user_message(question, options), template, tokenizer)
 
 
