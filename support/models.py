@@ -151,15 +151,9 @@ def load_hf(kind: str, path: Path | None, name: str, device: torch.device, dtype
     from transformers import AutoModelForCausalLM
 
     src = str(path) if path is not None else name
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(
-            src, dtype=dtype, attn_implementation="eager", revision=revision, trust_remote_code=trust_remote_code
-        )
-    except OSError as e:  # offline, gated, or a typo in a hub name
-        raise UnknownModelError(
-            f"could not load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). Offline machines can only "
-            f"load local checkpoints; valid choices: {valid_model_choices()}"
-        ) from e
+    hf = AutoModelForCausalLM.from_pretrained(
+        src, dtype=dtype, attn_implementation="eager", revision=revision, trust_remote_code=trust_remote_code
+    )
     return hf.to(device).eval()
 
 
@@ -188,8 +182,14 @@ def load_model(
     kind, path = resolve(name)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
-    tok = load_tokenizer(kind, path, name, trust_remote_code)
-    hf = load_hf(kind, path, name, dev, dt, revision, trust_remote_code)
+    try:
+        tok = load_tokenizer(kind, path, name, trust_remote_code)
+        hf = load_hf(kind, path, name, dev, dt, revision, trust_remote_code)
+    except OSError as e:  # offline, gated, or a typo in a hub name
+        raise UnknownModelError(
+            f"could not load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). Offline machines can only "
+            f"load local checkpoints; valid choices: {valid_model_choices()}"
+        ) from e
     if transform is not None:
         hf = transform(hf)
     meta: dict = {}

@@ -36,3 +36,9 @@ def save_tiny(tmp_path, arch: str):
     model.save_pretrained(d)
     tok.save_pretrained(d / "tokenizer")
     return d
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    """Factory: `tiny_dir(arch)` saves a tiny random model of `arch` as a local model directory."""
+    return lambda arch: save_tiny(tmp_path, arch)

@@ -7,7 +7,6 @@ import torch
 
 from support.models import UnknownModelError, load_model, pick_dtype, resolve, toy_models
 from support.organism import generate
-from tests.conftest import save_tiny
 
 HOOKS = ("hook_z", "hook_pattern", "hook_result")
 
@@ -50,8 +49,8 @@ def test_toy_tokenizer_roundtrip_through_autotokenizer(toy):
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
-def test_tiny_random_models_load_through_the_same_loader(tmp_path, arch):
-    d = save_tiny(tmp_path, arch)
+def test_tiny_random_models_load_through_the_same_loader(tiny_dir, arch):
+    d = tiny_dir(arch)
     lm = load_model(str(d), device="cpu")
     assert lm.kind == "local"
     ids = torch.tensor([[5, 6, 7, 8, 9]])
