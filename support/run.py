@@ -103,8 +103,10 @@ def execute(chapter: str, params: dict[str, Any], out_dir: Path = OUT_DIR) -> Ou
         cell = getattr(e, "exec_count", None)
         ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
         where = f"cell [{cell}]" if cell is not None else "before any cell ran"
-        detail = f"{where}: {ename}: {str(evalue).splitlines()[0] if evalue else ''} (partial notebook: " \
-                 f"{(out_dir / f'{chapter}.ipynb').relative_to(PROJECT_ROOT) if out_dir.is_relative_to(PROJECT_ROOT) else out_dir})"
+        partial = out_dir / f"{chapter}.ipynb"
+        if partial.is_relative_to(PROJECT_ROOT):
+            partial = partial.relative_to(PROJECT_ROOT)
+        detail = f"{where}: {ename}: {str(evalue).splitlines()[0] if evalue else ''} (partial notebook: {partial})"
         return Outcome(chapter, False, time.time() - t0, detail)
 
 

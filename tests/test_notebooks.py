@@ -86,7 +86,7 @@ def test_book_builds_offline_with_warnings_as_errors(executed, tmp_path):
 
 def _strip_time(obj):
     if isinstance(obj, dict):
-        return {k: _strip_time(v) for k, v in obj.items() if k not in ("time", "git_commit")}
+        return {k: _strip_time(v) for k, v in obj.items() if k not in ("time", "git_commit", "run_dir")}
     if isinstance(obj, list):
         return [_strip_time(v) for v in obj]
     return obj

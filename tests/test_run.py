@@ -88,7 +88,7 @@ def test_failure_is_loud_and_others_still_reported(tmp_path, monkeypatch, capsys
     rc = run.main(["--profile", "ci", "--out", str(out), "--run-dir", str(tmp_path / "runs"), "-p", "x", "2"])
     text = capsys.readouterr().out
     assert rc == 1
-    assert "FAILED 91_bad: cell [2]: RuntimeError: planted failure" in text
+    assert "FAILED 91_bad: cell [3]: RuntimeError: planted failure" in text  # [2] is papermill's injected parameters
     assert "90_good" in text and "92_after" in text
     assert (out / "91_bad.ipynb").exists()  # the partial notebook is kept for inspection
     assert text.count(" ok ") + text.count("ok  ") >= 2
