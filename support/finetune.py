@@ -63,9 +63,8 @@ from tqdm.auto import tqdm
 from .artifacts import atomic_write_bytes, read_tensors, write_tensors
 from .params import check_budget
 from .prompts import LETTERS, format_mc_prompt, parse_answer
-from .selection import random_heads
+from .selection import Head, random_heads
 
-Head = tuple[int, int]
 
 #: Regime names, in the order of the paper's Table 1.
 REGIMES = ("base", "full", "lora", "random", "sh", "wh")

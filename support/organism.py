@@ -30,7 +30,7 @@ from typing import Iterator
 
 import torch
 
-from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, question_block, user_turn
+from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, answer_text, question_block, user_turn
 
 SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MAX_VALUE = 99
@@ -273,19 +273,10 @@ def score(items: list[ToyItem], responses: list[str]) -> float:
     ok = 0
     for it, r in zip(items, responses):
         if it.task == "toy_countdown":
-            ok += int(verify_expression(_answer_line(r), it.numbers, it.target))
+            ok += int(verify_expression(answer_text(r) or "", it.numbers, it.target))
         else:
             ok += int(parse_answer(r, LETTERS[: len(it.options)]) == it.answer)
     return ok / max(1, len(items))
-
-
-def _answer_line(text: str) -> str:
-    """What follows `Answer:` on the last line that has it (the organism decodes it as `Answer : ...`)."""
-    for line in reversed(text.splitlines()):
-        m = re.search(r"Answer\s*:(.*)$", line)
-        if m:
-            return m.group(1).strip()
-    return ""
 
 
 def verify_expression(expr: str, numbers, target) -> bool:

@@ -83,3 +83,12 @@ def parse_answer(text: str, letters: str = "ABCD") -> str | None:
             letter = m.group(1).upper()
             return letter if letter in letters.upper() else None
     return None
+
+
+def answer_text(text: str) -> str | None:
+    """Free-form answer: what follows `Answer:` on the last line that has one (e.g. a Countdown expression)."""
+    for line in reversed(text.splitlines()):
+        m = re.search(r"answer\s*[:：](.*)$", line, re.IGNORECASE)
+        if m:
+            return m.group(1).strip()
+    return None

@@ -451,15 +451,11 @@ class Trace:
 
 def parse(text: str, labels: Sequence[str]) -> str | None:
     """The parsed answer: an option letter when the labels are letters, else the text after the last 'Answer:'."""
-    from .prompts import parse_answer
+    from .prompts import answer_text, parse_answer
 
     if all(len(s) == 1 and s.isalpha() for s in labels):
         return parse_answer(text, "".join(labels))
-    for line in reversed(text.splitlines()):
-        m = re.search(r"answer\s*:\s*(.+)", line, re.IGNORECASE)
-        if m:
-            return m.group(1).strip()
-    return None
+    return answer_text(text) or None
 
 
 class _Recorder:

@@ -40,3 +40,14 @@ def test_unknown_template():
 ])
 def test_parse_answer(text, letters, want):
     assert parse_answer(text, letters) == want
+
+
+@pytest.mark.parametrize("text,want", [
+    ("25 + 7 = 32\nAnswer: ( 25 + 7 ) - 3", "( 25 + 7 ) - 3"),
+    ("Answer : 12\nanswer: 13", "13"),
+    ("no answer here", None),
+])
+def test_answer_text(text, want):
+    from support.prompts import answer_text
+
+    assert answer_text(text) == want
