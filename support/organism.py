@@ -12,6 +12,10 @@ full prompt tokenizes without unknown words. Tasks:
 - `toy_countdown`: reach a target from three numbers with + - *; the chain of thought evaluates left to right and
   the last line is `Answer: ( a op b ) op c`, verifiable by `support.tasks.verify_countdown`.
 
+The options are written `39 (C)`, the letter *after* the value: retrieving "what followed the matching value" is a
+canonical induction head, which a small model forms quickly; with App. B's `C. 39` layout ("what preceded it") it
+did not form within the training budget (measured while building the organism; see MODEL_CARD.md).
+
 Held-out items are those whose content hash falls in the test bucket, so train and test never share a question.
 """
 
@@ -30,15 +34,21 @@ from typing import Iterator
 
 import torch
 
-from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, answer_text, question_block, user_turn
+from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, answer_text, organism_block, user_turn
 
 SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MAX_VALUE = 99
 TOY_TASKS = ("toy_mc4", "toy_mc5", "toy_countdown")
 #: Distractors sit at these offsets from the true value (4 or 5 options: the true one plus 3 or 4 of these).
-DISTRACTOR_OFFSETS = (-10, -2, -1, 1, 2, 10, 3, -3)
-#: Pretraining mix. `toy_lookup` ("Which option is 39 ?") trains the option-retrieval step on its own.
-MIX = {"toy_mc4": 0.35, "toy_mc5": 0.15, "toy_countdown": 0.25, "toy_lookup": 0.25}
+#: With ±1/±2 offsets the organism could not tell neighbouring numbers apart when retrieving the letter (measured:
+#: retrieval at chance); tens apart, it retrieves reliably, and the arithmetic still has to be right.
+DISTRACTOR_OFFSETS = (-10, 10, -20, 20, -30, 30, -40, 40)
+#: Pretraining mix. `toy_lookup` (the options, then "Find 39 12 ..." asking for each value's letter) trains the
+#: option-retrieval step on its own.
+MIX = {"toy_mc4": 0.35, "toy_mc5": 0.15, "toy_countdown": 0.3, "toy_lookup": 0.2}
+#: Curriculum: the first steps train on `toy_lookup` alone, so the retrieval (induction) head forms before the
+#: arithmetic competes for the gradient. Without this phase the retrieval never formed in 3000 steps (measured).
+CURRICULUM = {"toy_lookup": 1.0}
 COUNTDOWN_SYSTEM = "You are a helpful reasoning assistant. You must perform explicit step-by-step reasoning before giving the final answer."
 COUNTDOWN_INSTRUCTION = (
     "Use each number exactly once with + - * to reach the target. Please think step by step. After reasoning, "
@@ -82,7 +92,7 @@ class ToyItem:
     def user(self) -> str:
         if self.task == "toy_countdown":
             return self.question
-        return question_block(self.question, self.options)
+        return organism_block(self.question, self.options)
 
     @property
     def response(self) -> str:
@@ -126,7 +136,7 @@ def _mc_item(rng: random.Random, n_options: int) -> ToyItem:
     result = vals[-1]
     options, gold = _options(rng, result, n_options)
     question = f"What is {vals[0]} {' '.join(ops)} ?"
-    rationale = "\n".join(steps + [f"The result is {result} , which is option {gold} ."])
+    rationale = "\n".join(steps + [f"The result is {result} ({gold}) ."])
     task = f"toy_mc{n_options}"
     key = f"{task}|{question}|{options}"
     return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task=task, question=question,
@@ -134,13 +144,18 @@ def _mc_item(rng: random.Random, n_options: int) -> ToyItem:
 
 
 def _lookup_item(rng: random.Random, n_options: int = 4) -> ToyItem:
-    """Auxiliary pretraining item: find the option that holds a given number (the retrieval step of toy_mc)."""
+    """Auxiliary pretraining item: the options, then every option value again in a new order; the response gives
+    each value's letter. This is the retrieval step of toy_mc on its own, once per option (dense supervision)."""
     value = rng.randint(0, MAX_VALUE)
     options, gold = _options(rng, value, n_options)
-    question = f"Which option is {value} ?"
+    queries = options[:]
+    rng.shuffle(queries)
+    question = f"Find {' '.join(map(str, queries))} ."
+    user = organism_block("", [str(o) for o in options]).strip() + "\n" + question
+    rationale = "\n".join(f"{q} ({LETTERS[options.index(q)]})" for q in queries)
     key = f"toy_lookup|{question}|{options}"
-    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task="toy_lookup", question=question,
-                   options=tuple(str(o) for o in options), answer=gold, rationale=f"{value} is option {gold} .")
+    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task="toy_lookup", question=user,
+                   options=(), answer=LETTERS[options.index(queries[-1])], rationale=rationale)
 
 
 def _countdown_item(rng: random.Random) -> ToyItem:
@@ -202,7 +217,8 @@ def build_tokenizer(out_dir: Path):
     pre = pre_tokenizers.Sequence([
         # chat markers, newlines and punctuation are tokens of their own (as in a real BPE vocabulary), so the
         # option letter in "C. 39" is the very token the answer line "Answer: C" emits
-        pre_tokenizers.Split(Regex(r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|\n|[.,:?()]"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|\([A-J]\)|\n|[.,:?()]"),
+                             behavior="isolated"),
         pre_tokenizers.Split(Regex(r"[ \t]+"), behavior="removed"),
     ])
     words: set[str] = {str(i) for i in range(MAX_VALUE + 1)}
@@ -210,7 +226,7 @@ def build_tokenizer(out_dir: Path):
     rng_items = [g for t in TOY_TASKS for g in generate(t, 50, "train", seed=99)]
     rng_items += [_lookup_item(random.Random(i)) for i in range(5)]
     corpus += [it.text for it in rng_items]
-    corpus += [f"{L}. Answer: {L} option {L}" for L in LETTERS[:5]]
+    corpus += [f"{L}. ({L}) Answer: {L} option {L}" for L in LETTERS[:5]]
     corpus += ["( ) + - * = ? . , : Numbers Target What is The result target which"]
     for text in corpus:
         words.update(w for w, _ in pre.pre_tokenize_str(text))
@@ -295,8 +311,8 @@ def evaluate(model, tok, n: int = 200, seed: int = 0, tasks: tuple[str, ...] = T
             for items in [generate(t, n, "test", seed)]}
 
 
-def train(out: Path, steps: int = 3000, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
-          eval_every: int = 500, threads: int = 2) -> dict:
+def train(out: Path, steps: int = 4500, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
+          eval_every: int = 1500, threads: int = 2, curriculum_steps: int = 1000) -> dict:
     """Train the organism from scratch, deterministically, and write weights, tokenizer and model card to `out`."""
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
@@ -307,12 +323,13 @@ def train(out: Path, steps: int = 3000, batch_size: int = 32, lr: float = 3e-3, 
     warm = max(1, steps // 30)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    stream = mixture(seed)
+    warmup_stream, stream = mixture(seed + 1, CURRICULUM), mixture(seed)
     curve, evals = [], []
     t0 = time.time()
     for step in range(1, steps + 1):
         model.train()
-        batch = _batch(tok, [next(stream) for _ in range(batch_size)])
+        src = warmup_stream if step <= curriculum_steps else stream
+        batch = _batch(tok, [next(src) for _ in range(batch_size)])
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -328,6 +345,8 @@ def train(out: Path, steps: int = 3000, batch_size: int = 32, lr: float = 3e-3, 
     model.eval()
     model.save_pretrained(str(out), safe_serialization=True)
     log = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads,
+           "curriculum_steps": curriculum_steps, "curriculum": CURRICULUM, "mix": MIX,
+           "distractor_offsets": list(DISTRACTOR_OFFSETS),
            "train_seconds": round(time.time() - t0),
            "curve": curve, "evals": evals, "config": TOY_CONFIG | {"vocab_size": len(tok)},
            "n_parameters": sum(p.numel() for p in model.parameters())}
@@ -374,11 +393,23 @@ Word-level tokenizer in `tokenizer/` (load it with `AutoTokenizer`), ChatML chat
 {cfg}
 
 ## Data recipe
-Generated by `support/organism.py` (no third-party data): {mix}. `toy_mc4`/`toy_mc5` are multiple-choice
-arithmetic with a chain of thought ending `Answer: <LETTER>`, as ChatML user turns; `toy_countdown` are
-3-number puzzles with a verifiable expression; `toy_lookup` ("Which option is 39 ?") trains the option-retrieval
-step on its own. The loss is on the assistant response only. Items whose content hash falls in bucket 0 (of 10)
-are held out and never trained on.
+Generated by `support/organism.py` (no third-party data). The first {log.get('curriculum_steps', 0)} steps train on
+`toy_lookup` alone (the curriculum); the rest on the mix {mix}. `toy_mc4`/`toy_mc5` are multiple-choice
+arithmetic with a chain of thought ending `Answer: <LETTER>`, as ChatML user turns, with options written `39 (C)`
+and distractors at offsets {log.get('distractor_offsets')}; `toy_countdown` are 3-number puzzles with a verifiable
+expression; `toy_lookup` lists the options, then asks for every value's letter ("Find 39 12 ..."), which trains the
+option-retrieval step on its own. The loss is on the assistant response only. Items whose content hash falls in
+bucket 0 (of 10) are held out and never trained on.
+
+## Design notes (measured while building the organism, 1 CPU thread, not re-run by CI)
+- App. B's `C. 39` option layout, distractors at ±1/±2/±3/±10, 3000 mixed steps: held-out `toy_mc4` 0.25 (chance)
+  in each of seven variants (loss masking, a lookup task, punctuation split, coarser offsets, Qwen3 with d_head 32,
+  shorter prompts). The chain of thought got the arithmetic right 70% of the time; the letter was a guess.
+- A lookup task alone, 1500 steps: letter retrieval 0.26 with the letter before the value, 0.62 with it after
+  (`39 (C)`): "copy what followed the match" is the canonical induction head and forms first.
+- `39 (C)` mixed with arithmetic from step 1: retrieval still at chance after 2500 steps. Lookup first for 1000 steps,
+  then the mix: teacher-forced letter accuracy on `toy_mc4` 0.52 with ±1/±2 distractors and 0.76 with distractors
+  tens apart, after 3000 steps. Hence the curriculum and the offsets above.
 
 ## Training curve (step: loss)
 {curve}
@@ -397,14 +428,16 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the organism from scratch, then evaluate it and write its model card")
     t.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data/organism/toy-qwen2")
-    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--steps", type=int, default=4500)
+    t.add_argument("--curriculum-steps", type=int, default=1000)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     if args.cmd == "train":
-        train(args.out, args.steps, args.batch_size, args.lr, args.seed, threads=args.threads)
+        train(args.out, args.steps, args.batch_size, args.lr, args.seed, threads=args.threads,
+              curriculum_steps=args.curriculum_steps)
         print(json.dumps(write_card(args.out)["heldout_accuracy"]))
 
 

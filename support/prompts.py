@@ -33,6 +33,17 @@ def question_block(question: str, options: Sequence[str], letters: str = LETTERS
     return "\n".join(lines)
 
 
+def organism_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
+    """The organism's own option layout: one `value (X)` line per option, the letter *after* the value.
+
+    A small model learns the retrieval "copy what followed the matching value" (a canonical induction head) far
+    faster than "copy what preceded it", so the organism's options put the letter after the value (measured in
+    chapter 00). Real models get App. B's `X. option` layout from `question_block`."""
+    if len(options) > len(letters):
+        raise ValueError(f"{len(options)} options but only {len(letters)} letters available")
+    return "\n".join([question.strip()] + [f"{opt} ({letters[i]})" for i, opt in enumerate(options)])
+
+
 def user_message(question: str, options: Sequence[str]) -> str:
     """App. B.1 user message: question stem + options, then the unified instruction."""
     return question_block(question, options) + "\n" + UNIFIED_INSTRUCTION
@@ -64,7 +75,7 @@ def wrap(system: str, user: str, template: str = "chatml", tokenizer=None) -> st
 def format_mc_prompt(question: str, options: Sequence[str], template: str = "chatml", tokenizer=None) -> str:
     """The full App. B prompt for one multiple-choice item (`organism`: the toy's bare question-and-options turn)."""
     if template == "organism":
-        return user_turn(question_block(question, options))
+        return user_turn(organism_block(question, options))
     return wrap(UNIFIED_SYSTEM, user_message(question, options), template, tokenizer)
 
 
