@@ -311,6 +311,38 @@ def evaluate(model, tok, n: int = 200, seed: int = 0, tasks: tuple[str, ...] = T
             for items in [generate(t, n, "test", seed)]}
 
 
+@torch.no_grad()
+def retrieval_attention(lm, items: list[ToyItem]) -> tuple["np.ndarray", "np.ndarray"]:
+    """Where each head looks when the organism names the option (teacher-forced on the gold response).
+
+    At the response position of the result value (the token before `(C)` in "The result is 39 (C) ."), a canonical
+    induction head attends to the prompt's `(C)` token, the one that followed the matching value. Returns two
+    [layer, head] arrays over the items: the mean attention on the gold option's letter token, and the fraction of
+    items whose most-attended option letter is the gold one (the head's retrieval accuracy). Runs through the bridge.
+    """
+    import numpy as np
+
+    tok = lm.tokenizer
+    letter_ids = {tok.convert_tokens_to_ids(f"({L})"): L for L in LETTERS}
+    letter_ids = {i: L for i, L in letter_ids.items() if i is not None and i != tok.unk_token_id}
+    if len(letter_ids) < 5:
+        raise ValueError(f"{lm.name}'s tokenizer has no `(A)`..`(J)` tokens: the retrieval map needs the organism")
+    mass, hits = np.zeros((lm.n_layers, lm.n_heads)), np.zeros((lm.n_layers, lm.n_heads))
+    for it in items:
+        n_prompt = len(tok(it.prompt).input_ids)
+        ids = tok(it.text, return_tensors="pt").input_ids.to(lm.device)
+        seq = ids[0].tolist()
+        q = next(j for j in range(n_prompt, len(seq)) if seq[j] in letter_ids) - 1
+        keys = [j for j in range(n_prompt) if seq[j] in letter_ids]
+        gold = next(j for j in keys if letter_ids[seq[j]] == it.answer)
+        _, cache = lm.bridge.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_pattern"))
+        for layer in range(lm.n_layers):
+            row = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, q, :].float().cpu().numpy()  # [head, key]
+            mass[layer] += row[:, gold]
+            hits[layer] += np.array([keys[int(np.argmax(row[h, keys]))] == gold for h in range(lm.n_heads)])
+    return mass / len(items), hits / len(items)
+
+
 def train(out: Path, steps: int = 4500, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
           eval_every: int = 1500, threads: int = 2, curriculum_steps: int = 1000) -> dict:
     """Train the organism from scratch, deterministically, and write weights, tokenizer and model card to `out`."""

@@ -97,3 +97,36 @@ def test_toy_vocabulary_covers_the_appendix_b_prompt(toy):
 
     ids = toy.tokenizer(format_mc_prompt("What is 12 + 7 ?", ["19", "18", "29", "20"], "chatml")).input_ids
     assert toy.tokenizer.unk_token_id not in ids
+
+
+def test_toy_options_put_the_letter_after_the_value(toy):
+    item = generate("toy_mc4", 1, "test")[0]
+    toks = toy.tokenizer.convert_ids_to_tokens(toy.tokenizer(item.prompt).input_ids)
+    for i, value in enumerate(item.options):
+        j = toks.index(f"({'ABCD'[i]})")
+        assert toks[j - 1] == value
+
+
+def test_toy_multiple_choice_accuracy_is_in_the_acceptance_band(toy):
+    from support.organism import greedy_answers, score
+
+    items = generate("toy_mc4", 100, "test", seed=0)
+    acc = score(items, greedy_answers(toy.hf_model, toy.tokenizer, items))
+    assert 0.5 <= acc <= 0.9, acc  # clearly above chance (0.25), not saturated
+
+
+def test_retrieval_attention_is_a_per_head_share(toy):
+    from support.organism import retrieval_attention
+
+    mass, hits = retrieval_attention(toy, generate("toy_mc4", 6, "test", seed=5))
+    assert mass.shape == hits.shape == (toy.n_layers, toy.n_heads)
+    assert ((0 <= mass) & (mass <= 1)).all() and ((0 <= hits) & (hits <= 1)).all()
+    assert mass.sum() > 0
+
+
+def test_retrieval_attention_refuses_a_model_without_the_organism_tokens(tiny_dir):
+    from support.organism import retrieval_attention
+
+    lm = load_model(str(tiny_dir("qwen2")), device="cpu")
+    with pytest.raises(ValueError, match="organism"):
+        retrieval_attention(lm, generate("toy_mc4", 1, "test"))
