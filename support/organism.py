@@ -7,14 +7,15 @@ models get the full App. B prompt from `support.prompts`. The vocabulary also co
 full prompt tokenizes without unknown words. Tasks:
 
 - `toy_mc4` / `toy_mc5`: multiple-choice arithmetic (2-3 operands, + and -, values 0..99) with a chain of thought
-  that computes the result, names the matching option, and ends with `Answer: <LETTER>`. Distractors sit at
-  small offsets from the true value, so the organism must actually compute.
+  that computes the result, names the matching option, and ends with `Answer: <LETTER>`. Distractors sit tens
+  apart around the true value (±10..±40), so the organism must compute the result to pick the option.
 - `toy_countdown`: reach a target from three numbers with + - *; the chain of thought evaluates left to right and
   the last line is `Answer: ( a op b ) op c`, verifiable by `support.tasks.verify_countdown`.
 
-The options are written `39 (C)`, the letter *after* the value: retrieving "what followed the matching value" is a
-canonical induction head, which a small model forms quickly; with App. B's `C. 39` layout ("what preceded it") it
-did not form within the training budget (measured while building the organism; see MODEL_CARD.md).
+The options are written `39 (C)`, the letter *after* the value: retrieving "what followed the matching value" is
+the canonical induction pattern, which a small model learns quickly; with App. B's `C. 39` layout ("what preceded
+it") retrieval did not form within the training budget (measured while building the organism; see MODEL_CARD.md).
+Training starts with the `toy_lookup` task alone (`CURRICULUM`), then switches to `MIX`.
 
 Held-out items are those whose content hash falls in the test bucket, so train and test never share a question.
 """
@@ -215,8 +216,8 @@ def build_tokenizer(out_dir: Path):
     from transformers import PreTrainedTokenizerFast
 
     pre = pre_tokenizers.Sequence([
-        # chat markers, newlines and punctuation are tokens of their own (as in a real BPE vocabulary), so the
-        # option letter in "C. 39" is the very token the answer line "Answer: C" emits
+        # chat markers, newlines and punctuation are tokens of their own (as in a real BPE vocabulary); an option
+        # tag like "(C)" is one token, so "39 (C)" puts the letter right after the value
         pre_tokenizers.Split(Regex(r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|\([A-J]\)|\n|[.,:?()]"),
                              behavior="isolated"),
         pre_tokenizers.Split(Regex(r"[ \t]+"), behavior="removed"),

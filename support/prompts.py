@@ -36,9 +36,9 @@ def question_block(question: str, options: Sequence[str], letters: str = LETTERS
 def organism_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
     """The organism's own option layout: one `value (X)` line per option, the letter *after* the value.
 
-    A small model learns the retrieval "copy what followed the matching value" (a canonical induction head) far
-    faster than "copy what preceded it", so the organism's options put the letter after the value (measured in
-    chapter 00). Real models get App. B's `X. option` layout from `question_block`."""
+    A small model learns the retrieval "copy what followed the matching value" (the canonical induction pattern)
+    far faster than "copy what preceded it", so the organism's options put the letter after the value (measured
+    while building it; see data/organism/toy-qwen2/MODEL_CARD.md). Real models get App. B's `X. option` layout from `question_block`."""
     if len(options) > len(letters):
         raise ValueError(f"{len(options)} options but only {len(letters)} letters available")
     return "\n".join([question.strip()] + [f"{opt} ({letters[i]})" for i, opt in enumerate(options)])
