@@ -35,7 +35,8 @@ from typing import Iterator
 
 import torch
 
-from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, answer_text, organism_block, user_turn
+from .prompts import (LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, answer_text, option_lines, organism_block,
+                      user_turn)
 
 SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MAX_VALUE = 99
@@ -148,11 +149,11 @@ def _lookup_item(rng: random.Random, n_options: int = 4) -> ToyItem:
     """Auxiliary pretraining item: the options, then every option value again in a new order; the response gives
     each value's letter. This is the retrieval step of toy_mc on its own, once per option (dense supervision)."""
     value = rng.randint(0, MAX_VALUE)
-    options, gold = _options(rng, value, n_options)
+    options, _ = _options(rng, value, n_options)
     queries = options[:]
     rng.shuffle(queries)
     question = f"Find {' '.join(map(str, queries))} ."
-    user = organism_block("", [str(o) for o in options]).strip() + "\n" + question
+    user = "\n".join(option_lines([str(o) for o in options], "organism") + [question])
     rationale = "\n".join(f"{q} ({LETTERS[options.index(q)]})" for q in queries)
     key = f"toy_lookup|{question}|{options}"
     return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task="toy_lookup", question=user,
@@ -316,8 +317,8 @@ def evaluate(model, tok, n: int = 200, seed: int = 0, tasks: tuple[str, ...] = T
 def retrieval_attention(lm, items: list[ToyItem]) -> tuple["np.ndarray", "np.ndarray"]:
     """Where each head looks when the organism names the option (teacher-forced on the gold response).
 
-    At the response position of the result value (the token before `(C)` in "The result is 39 (C) ."), a canonical
-    induction head attends to the prompt's `(C)` token, the one that followed the matching value. Returns two
+    At the response position of the result value (the token before `(C)` in "The result is 39 (C) ."), a head doing
+    canonical induction would attend to the prompt's `(C)` token, the one that followed the matching value. Returns two
     [layer, head] arrays over the items: the mean attention on the gold option's letter token, and the fraction of
     items whose most-attended option letter is the gold one (the head's retrieval accuracy). Runs through the bridge.
     """
@@ -439,7 +440,7 @@ bucket 0 (of 10) are held out and never trained on.
   in each of seven variants (loss masking, a lookup task, punctuation split, coarser offsets, Qwen3 with d_head 32,
   shorter prompts). The chain of thought got the arithmetic right 70% of the time; the letter was a guess.
 - A lookup task alone, 1500 steps: letter retrieval 0.26 with the letter before the value, 0.62 with it after
-  (`39 (C)`): "copy what followed the match" is the canonical induction head and forms first.
+  (`39 (C)`): "copy what followed the match" is the canonical induction pattern and is learned first.
 - `39 (C)` mixed with arithmetic from step 1: retrieval still at chance after 2500 steps. Lookup first for 1000 steps,
   then the mix: teacher-forced letter accuracy on `toy_mc4` 0.52 with ±1/±2 distractors and 0.76 with distractors
   tens apart, after 3000 steps. Hence the curriculum and the offsets above.

@@ -25,23 +25,29 @@ UNIFIED_INSTRUCTION = (
 TEMPLATES = ("chatml", "llama2", "model", "plain", "organism")
 
 
-def question_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
-    """Question stem followed by one `X. option` line per option."""
-    if len(options) > len(letters):
-        raise ValueError(f"{len(options)} options but only {len(letters)} letters available")
-    lines = [question.strip()] + [f"{letters[i]}. {opt}" for i, opt in enumerate(options)]
-    return "\n".join(lines)
-
-
-def organism_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
-    """The organism's own option layout: one `value (X)` line per option, the letter *after* the value.
+def option_lines(options: Sequence[str], layout: str = "app_b", letters: str = LETTERS) -> list[str]:
+    """One line per option: `X. option` (App. B) or `option (X)` (the organism's own layout, letter after value).
 
     A small model learns the retrieval "copy what followed the matching value" (the canonical induction pattern)
     far faster than "copy what preceded it", so the organism's options put the letter after the value (measured
-    while building it; see data/organism/toy-qwen2/MODEL_CARD.md). Real models get App. B's `X. option` layout from `question_block`."""
+    while building it; see data/organism/toy-qwen2/MODEL_CARD.md)."""
     if len(options) > len(letters):
         raise ValueError(f"{len(options)} options but only {len(letters)} letters available")
-    return "\n".join([question.strip()] + [f"{opt} ({letters[i]})" for i, opt in enumerate(options)])
+    if layout == "app_b":
+        return [f"{letters[i]}. {opt}" for i, opt in enumerate(options)]
+    if layout == "organism":
+        return [f"{opt} ({letters[i]})" for i, opt in enumerate(options)]
+    raise ValueError(f"unknown option layout {layout!r}; valid choices: app_b, organism")
+
+
+def question_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
+    """Question stem followed by one `X. option` line per option."""
+    return "\n".join([question.strip()] + option_lines(options, "app_b", letters))
+
+
+def organism_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
+    """Question stem followed by one `option (X)` line per option: the organism's layout (see `option_lines`)."""
+    return "\n".join([question.strip()] + option_lines(options, "organism", letters))
 
 
 def user_message(question: str, options: Sequence[str]) -> str:

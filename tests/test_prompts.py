@@ -51,3 +51,12 @@ def test_answer_text(text, want):
     from support.prompts import answer_text
 
     assert answer_text(text) == want
+
+
+def test_option_layouts_and_unknown_layout():
+    from support.prompts import option_lines
+
+    assert option_lines(["19", "13"]) == ["A. 19", "B. 13"]
+    assert option_lines(["19", "13"], "organism") == ["19 (A)", "13 (B)"]
+    with pytest.raises(ValueError, match="valid choices: app_b, organism"):
+        option_lines(["19"], "fancy")
