@@ -205,6 +205,17 @@ def load_model(
                        meta=meta)
 
 
+def load_plain(name: str, device: str | None = None, dtype: str | torch.dtype | None = None):
+    """(plain HF model, tokenizer) for training, resolved exactly as `load_model` does (no bridge).
+
+    Train on the plain model, then `rebridge(lm, model)` for tracing/analysis.
+    """
+    kind, path = resolve(name)
+    dev = pick_device(device)
+    tok = load_tokenizer(kind, path, name)
+    return load_hf(kind, path, name, dev, pick_dtype(dev, dtype)), tok
+
+
 def rebridge(lm: LoadedModel, hf_model, suffix: str = "") -> LoadedModel:
     """Bridge a modified copy of `lm`'s HF model (fine-tuned, adapted) with the same tokenizer and identity."""
     b = bridge(hf_model, lm.tokenizer, str(lm.path) if lm.path is not None else lm.name)

@@ -1,61 +1,48 @@
-"""The toy model organism: a real Qwen2 architecture, trained from scratch on tasks this module generates.
+"""The toy model organism: a real Qwen2 architecture, trained from scratch on the tasks of `support.toydata`.
 
-Run `python -m support.organism train` to rebuild the committed checkpoint in `data/organism/toy-qwen2/`.
+Run `python -m support.organism train` (or `make organism`) to rebuild the committed checkpoint in
+`data/organism/toy-qwen2/`: the word-level tokenizer, the model, its training log and its model card.
 
 Prompts are ChatML user turns (no system preamble: the organism is too small to spend context on it); real
 models get the full App. B prompt from `support.prompts`. The vocabulary also covers the App. B wording, so the
-full prompt tokenizes without unknown words. Tasks:
-
-- `toy_mc4` / `toy_mc5`: multiple-choice arithmetic (2-3 operands, + and -, values 0..99) with a chain of thought
-  that computes the result, names the matching option, and ends with `Answer: <LETTER>`. Distractors sit tens
-  apart around the true value (±10..±40), so the organism must compute the result to pick the option.
-- `toy_countdown`: reach a target from three numbers with + - *; the chain of thought evaluates left to right and
-  the last line is `Answer: ( a op b ) op c`, verifiable by `support.tasks.verify_countdown`.
+full prompt tokenizes without unknown words.
 
 The options are written `39 (C)`, the letter *after* the value: retrieving "what followed the matching value" is
 the canonical induction pattern, which a small model learns quickly; with App. B's `C. 39` layout ("what preceded
 it") retrieval did not form within the training budget (measured while building the organism; see MODEL_CARD.md).
 Training starts with the `toy_lookup` task alone (`CURRICULUM`), then switches to `MIX`.
-
-Held-out items are those whose content hash falls in the test bucket, so train and test never share a question.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import random
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
+import numpy as np
 import torch
 
-from .prompts import (LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, answer_text, option_lines, organism_block,
-                      user_turn)
+from .decoding import generate as generate_responses
+from .prompts import LETTERS, UNIFIED_INSTRUCTION, UNIFIED_SYSTEM
+from .scoring import accuracy
+from .toydata import (
+    COUNTDOWN_INSTRUCTION,
+    COUNTDOWN_SYSTEM,
+    CURRICULUM,
+    DISTRACTOR_OFFSETS,
+    MAX_VALUE,
+    MIX,
+    TOY_TASKS,
+    ToyItem,
+    generate,
+    lookup_item,
+    mixture,
+)
 
 SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-MAX_VALUE = 99
-TOY_TASKS = ("toy_mc4", "toy_mc5", "toy_countdown")
-#: Distractors sit at these offsets from the true value (4 or 5 options: the true one plus 3 or 4 of these).
-#: With ±1/±2 offsets the organism could not tell neighbouring numbers apart when retrieving the letter (measured:
-#: retrieval at chance); tens apart, it retrieves reliably, and the arithmetic still has to be right.
-DISTRACTOR_OFFSETS = (-10, 10, -20, 20, -30, 30, -40, 40)
-#: Pretraining mix. `toy_lookup` (the options, then "Find 39 12 ..." asking for each value's letter) trains the
-#: option-retrieval step on its own.
-MIX = {"toy_mc4": 0.35, "toy_mc5": 0.15, "toy_countdown": 0.3, "toy_lookup": 0.2}
-#: Curriculum: the first steps train on `toy_lookup` alone, so the retrieval (induction) head forms before the
-#: arithmetic competes for the gradient. Without this phase the retrieval never formed in 3000 steps (measured).
-CURRICULUM = {"toy_lookup": 1.0}
-COUNTDOWN_SYSTEM = "You are a helpful reasoning assistant. You must perform explicit step-by-step reasoning before giving the final answer."
-COUNTDOWN_INSTRUCTION = (
-    "Use each number exactly once with + - * to reach the target. Please think step by step. After reasoning, "
-    "output on the last line exactly in the format: Answer: <EXPRESSION>."
-)
 
 #: Architecture of the organism: a real Qwen2 config, scaled down (GQA: 8 query heads share 4 K/V heads).
 TOY_CONFIG = dict(
@@ -69,145 +56,6 @@ QWEN25_05B_CONFIG = dict(
     num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True,
     rms_norm_eps=1e-6, hidden_act="silu",
 )
-
-
-@dataclass(frozen=True)
-class ToyItem:
-    """One generated example: chat prompt, gold response, and the gold answer (letter or expression)."""
-
-    id: str
-    task: str
-    question: str
-    options: tuple[str, ...]
-    answer: str
-    rationale: str
-    numbers: tuple[int, ...] = ()
-    target: int | None = None
-
-    @property
-    def prompt(self) -> str:
-        """ChatML with the user turn only (template `organism`): the organism is too small to spend its context on a
-        fixed preamble (real models get the full App. B system message and instruction from `support.prompts`)."""
-        return user_turn(self.user)
-
-    @property
-    def user(self) -> str:
-        if self.task == "toy_countdown":
-            return self.question
-        return organism_block(self.question, self.options)
-
-    @property
-    def response(self) -> str:
-        return f"{self.rationale}\nAnswer: {self.answer}<|im_end|>"
-
-    @property
-    def text(self) -> str:
-        return self.prompt + self.response
-
-
-def _bucket(key: str) -> str:
-    return "test" if int(hashlib.sha256(key.encode()).hexdigest(), 16) % 10 == 0 else "train"
-
-
-def _options(rng: random.Random, value: int, n_options: int) -> tuple[list[int], str]:
-    """The true value plus distractors at small offsets (±1, ±2, ±3, ±10), shuffled; returns (options, gold letter)."""
-    offsets = [d for d in DISTRACTOR_OFFSETS if 0 <= value + d <= MAX_VALUE]
-    rng.shuffle(offsets)
-    options = [value] + [value + d for d in offsets[: n_options - 1]]
-    rng.shuffle(options)
-    return options, LETTERS[options.index(value)]
-
-
-def _mc_item(rng: random.Random, n_options: int) -> ToyItem:
-    while True:
-        k = rng.choice((2, 3))
-        vals = [rng.randint(1, 50)]
-        steps, ops = [], []
-        ok = True
-        for _ in range(k - 1):
-            op, b = rng.choice("+-"), rng.randint(1, 50)
-            new = vals[-1] + b if op == "+" else vals[-1] - b
-            if not 0 <= new <= MAX_VALUE:
-                ok = False
-                break
-            steps.append(f"{vals[-1]} {op} {b} = {new}")
-            ops.append(f"{op} {b}")
-            vals.append(new)
-        if ok:
-            break
-    result = vals[-1]
-    options, gold = _options(rng, result, n_options)
-    question = f"What is {vals[0]} {' '.join(ops)} ?"
-    rationale = "\n".join(steps + [f"The result is {result} ({gold}) ."])
-    task = f"toy_mc{n_options}"
-    key = f"{task}|{question}|{options}"
-    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task=task, question=question,
-                   options=tuple(str(o) for o in options), answer=gold, rationale=rationale)
-
-
-def _lookup_item(rng: random.Random, n_options: int = 4) -> ToyItem:
-    """Auxiliary pretraining item: the options, then every option value again in a new order; the response gives
-    each value's letter. This is the retrieval step of toy_mc on its own, once per option (dense supervision)."""
-    value = rng.randint(0, MAX_VALUE)
-    options, _ = _options(rng, value, n_options)
-    queries = options[:]
-    rng.shuffle(queries)
-    question = f"Find {' '.join(map(str, queries))} ."
-    user = "\n".join(option_lines([str(o) for o in options], "organism") + [question])
-    rationale = "\n".join(f"{q} ({LETTERS[options.index(q)]})" for q in queries)
-    key = f"toy_lookup|{question}|{options}"
-    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task="toy_lookup", question=user,
-                   options=(), answer=LETTERS[options.index(queries[-1])], rationale=rationale)
-
-
-def _countdown_item(rng: random.Random) -> ToyItem:
-    while True:
-        a, b, c = rng.randint(1, 30), rng.randint(1, 30), rng.randint(1, 30)
-        op1, op2 = rng.choice("+-*"), rng.choice("+-*")
-        x = {"+": a + b, "-": a - b, "*": a * b}[op1]
-        y = {"+": x + c, "-": x - c, "*": x * c}[op2]
-        if 0 <= x <= MAX_VALUE and 0 <= y <= MAX_VALUE:
-            break
-    nums = [a, b, c]
-    shown = nums[:]
-    rng.shuffle(shown)
-    question = f"Numbers : {' '.join(map(str, shown))} . Target : {y} ."
-    rationale = f"{a} {op1} {b} = {x}\n{x} {op2} {c} = {y}\nThe target is {y} ."
-    answer = f"( {a} {op1} {b} ) {op2} {c}"
-    key = f"toy_countdown|{question}"
-    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task="toy_countdown", question=question,
-                   options=(), answer=answer, rationale=rationale, numbers=tuple(shown), target=y)
-
-
-def generate(task: str, n: int, split: str = "test", seed: int = 0) -> list[ToyItem]:
-    """`n` deterministic items of a toy task from the given split ('train' or 'test')."""
-    if task not in TOY_TASKS:
-        raise ValueError(f"unknown toy task {task!r}; valid choices: {', '.join(TOY_TASKS)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; valid choices: train, test")
-    rng = random.Random(f"{task}|{split}|{seed}")
-    out, seen = [], set()
-    while len(out) < n:
-        it = _countdown_item(rng) if task == "toy_countdown" else _mc_item(rng, int(task[-1]))
-        if _bucket(it.id) == split and it.id not in seen:
-            seen.add(it.id)
-            out.append(it)
-    return out
-
-
-def mixture(seed: int, weights: dict[str, float] | None = None) -> Iterator[ToyItem]:
-    """Endless deterministic stream of training items from the pretraining mix."""
-    weights = weights or MIX
-    rng = random.Random(f"mix|{seed}")
-    tasks, w = list(weights), list(weights.values())
-    while True:
-        task = rng.choices(tasks, w)[0]
-        if task == "toy_lookup":
-            it = _lookup_item(rng, rng.choice((4, 5)))
-        else:
-            it = _countdown_item(rng) if task == "toy_countdown" else _mc_item(rng, int(task[-1]))
-        if _bucket(it.id) == "train":
-            yield it
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -226,7 +74,7 @@ def build_tokenizer(out_dir: Path):
     words: set[str] = {str(i) for i in range(MAX_VALUE + 1)}
     corpus = [UNIFIED_SYSTEM, UNIFIED_INSTRUCTION, COUNTDOWN_SYSTEM, COUNTDOWN_INSTRUCTION, "system user assistant"]
     rng_items = [g for t in TOY_TASKS for g in generate(t, 50, "train", seed=99)]
-    rng_items += [_lookup_item(random.Random(i)) for i in range(5)]
+    rng_items += [lookup_item(random.Random(i)) for i in range(5)]
     corpus += [it.text for it in rng_items]
     corpus += [f"{L}. ({L}) Answer: {L} option {L}" for L in LETTERS[:5]]
     corpus += ["( ) + - * = ? . , : Numbers Target What is The result target which"]
@@ -270,51 +118,19 @@ def _batch(tok, items: list[ToyItem]) -> dict:
     return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
 
 
-@torch.no_grad()
 def greedy_answers(model, tok, items: list[ToyItem], max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
-    """Greedy (KV-cached) responses for the items' prompts, decoded without the prompt."""
-    outs: list[str] = []
-    model.eval()
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        enc = tok([it.prompt for it in chunk], return_tensors="pt", padding=True, padding_side="left")
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
-        outs += tok.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-    return outs
-
-
-def score(items: list[ToyItem], responses: list[str]) -> float:
-    """Accuracy: MC by the parsed `Answer:` letter, Countdown by verifying the expression."""
-    from .prompts import parse_answer
-
-    ok = 0
-    for it, r in zip(items, responses):
-        if it.task == "toy_countdown":
-            ok += int(verify_expression(answer_text(r) or "", it.numbers, it.target))
-        else:
-            ok += int(parse_answer(r, LETTERS[: len(it.options)]) == it.answer)
-    return ok / max(1, len(items))
-
-
-def verify_expression(expr: str, numbers, target) -> bool:
-    """True if `expr` uses exactly the given numbers and evaluates to `target` (delegates to support.tasks)."""
-    from .tasks import verify_countdown
-
-    try:
-        return bool(verify_countdown(expr, numbers, target))
-    except Exception:
-        return False
+    """Greedy responses to the items' prompts (`support.decoding.generate`), decoded without the prompt."""
+    return generate_responses(model, tok, [it.prompt for it in items], max_new_tokens, batch_size)
 
 
 def evaluate(model, tok, n: int = 200, seed: int = 0, tasks: tuple[str, ...] = TOY_TASKS) -> dict[str, float]:
     """Held-out accuracy per toy task."""
-    return {t: score(items, greedy_answers(model, tok, items)) for t in tasks
+    return {t: accuracy(items, greedy_answers(model, tok, items)) for t in tasks
             for items in [generate(t, n, "test", seed)]}
 
 
 @torch.no_grad()
-def retrieval_attention(lm, items: list[ToyItem]) -> tuple["np.ndarray", "np.ndarray"]:
+def retrieval_attention(lm, items: list[ToyItem]) -> tuple[np.ndarray, np.ndarray]:
     """Where each head looks when the organism names the option (teacher-forced on the gold response).
 
     At the response position of the result value (the token before `(C)` in "The result is 39 (C) ."), a head doing
@@ -322,8 +138,6 @@ def retrieval_attention(lm, items: list[ToyItem]) -> tuple["np.ndarray", "np.nda
     [layer, head] arrays over the items: the mean attention on the gold option's letter token, and the fraction of
     items whose most-attended option letter is the gold one (the head's retrieval accuracy). Runs through the bridge.
     """
-    import numpy as np
-
     tok = lm.tokenizer
     letter_ids = {tok.convert_tokens_to_ids(f"({L})"): L for L in LETTERS}
     letter_ids = {i: L for i, L in letter_ids.items() if i is not None and i != tok.unk_token_id}
@@ -418,7 +232,8 @@ def model_card(log: dict) -> str:
 
 A `Qwen2ForCausalLM` (RMSNorm, rotary, gated SiLU MLP, grouped-query attention) built from a config and trained
 from scratch by `python -m support.organism train` ({log['steps']} steps, batch {log['batch_size']}, AdamW lr
-{log['lr']}, cosine, seed {log['seed']}; {log['train_seconds']} s on CPU with {log.get('threads', 2)} threads). {log['n_parameters']:,} parameters.
+{log['lr']}, cosine, seed {log['seed']}; {log['train_seconds']} s on CPU with {log.get('threads', 2)} threads).
+{log['n_parameters']:,} parameters.
 Word-level tokenizer in `tokenizer/` (load it with `AutoTokenizer`), ChatML chat template.
 
 ## Config

@@ -9,12 +9,24 @@ Cross-parameter rules (e.g. a head budget larger than the model's L·H) are chec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from .errors import ParameterError
+from .heads import check_budget
+from .prompts import TEMPLATES as _TEMPLATES
 
-class ParameterError(ValueError):
-    """A chapter parameter is unknown, of the wrong type, or out of range."""
+PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
+
+__all__ = ["ParameterError", "Param", "SCHEMA", "validate", "check_names", "check_budget", "profiles"]
+
+
+def profiles() -> dict[str, Any]:
+    """All run profiles (support/profiles.yaml): per chapter, the parameter values of that profile."""
+    import yaml
+
+    return yaml.safe_load(PROFILES_FILE.read_text())
 
 
 @dataclass(frozen=True)
@@ -84,9 +96,13 @@ def _tasks() -> tuple:
 
 
 def _profiles() -> tuple:
-    from .run import profiles
-
     return tuple(profiles())
+
+
+def _norms() -> tuple:
+    from .readout import NORMS
+
+    return NORMS
 
 
 COMMON = {
@@ -104,17 +120,13 @@ SCHEMA: dict[str, dict[str, Param]] = {
     },
 }
 
-
-from .prompts import TEMPLATES as _TEMPLATES  # noqa: E402  (one list of chat templates)
-from .tracing import NORMS as _NORMS  # noqa: E402
-
 SCHEMA["01_tracing"] = {
     **COMMON,
     "model_name": Param(str, _models, doc="model to trace"),
     "tasks": Param(list, _tasks, item_kind=str, doc="tasks to trace; the first is the primary task"),
     "n_probe": Param(int, lo=4, hi=1000, doc="traced examples of the primary task (the probe pool)"),
     "n_probe_other": Param(int, lo=2, hi=1000, doc="traced examples of every other task"),
-    "norm": Param(str, _NORMS, doc="readout: the paper's raw logit lens or final RMSNorm on each head's output"),
+    "norm": Param(str, _norms, doc="readout: the paper's raw logit lens or final RMSNorm on each head's output"),
     "beta": Param(float, lo=0.0, lo_open=True, doc="inverse temperature of Eq. 2"),
     "max_new_tokens": Param(int, lo=1, hi=4096, doc="decoding cap (App. F: 256)"),
     "template": Param(str, _TEMPLATES, doc="chat template for real datasets (App. B.2)"),
@@ -127,7 +139,7 @@ SCHEMA["02_head_selection"] = {
     **COMMON,
     "model_name": Param(str, _models, doc="model whose traces are read (must match chapter 01's)"),
     "tasks": Param(list, _tasks, item_kind=str, doc="tasks traced by chapter 01; the first is the primary task"),
-    "norm": Param(str, _NORMS, doc="which readout's traces to select from"),
+    "norm": Param(str, _norms, doc="which readout's traces to select from"),
     "n_probe": Param(int, lo=4, hi=1000, doc="probe-set size N (paper: 40)"),
     "probe_sizes": Param(list, lo=1, hi=1000, item_kind=int, doc="N values compared with n_probe (paper: 20, 60)"),
     "M": Param(int, lo=1, hi=100000, doc="head budget (paper: 30); must not exceed L·H"),
@@ -188,15 +200,3 @@ def check_names(chapter: str, names: list[str] | tuple[str, ...]) -> None:
     bad = [n for n in names if n not in SCHEMA[chapter]]
     if bad:
         raise ParameterError(f"unknown parameter(s) {bad} for chapter {chapter}; valid: {sorted(SCHEMA[chapter])}")
-
-
-def check_budget(m: int, n_layers: int, n_heads: int, name: str = "M") -> int:
-    """A head budget must fit the model: an integer with 1 ≤ M ≤ L·H (paper: M = 30). Returns it as int."""
-    import numbers
-
-    total = n_layers * n_heads
-    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= int(m) <= total:
-        raise ParameterError(
-            f"head budget {name}={m!r} is out of range for this model ({n_layers} layers × {n_heads} heads); "
-            f"valid choices: an integer in [1, {total}]")
-    return int(m)

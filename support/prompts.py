@@ -1,4 +1,4 @@
-"""Prompt formatting and answer parsing (paper 000, Appendix B).
+"""Prompt formatting (paper 000, Appendix B); answers are parsed and scored by `support.scoring`.
 
 The unified instruction content is identical for every model; only the chat template (control tokens) differs:
 the LLaMA-2 `[INST] <<SYS>>` template, ChatML (Qwen), or the model's own chat template where it has one.
@@ -6,7 +6,6 @@ the LLaMA-2 `[INST] <<SYS>>` template, ChatML (Qwen), or the model's own chat te
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 LETTERS = "ABCDEFGHIJ"
@@ -83,29 +82,3 @@ def format_mc_prompt(question: str, options: Sequence[str], template: str = "cha
     if template == "organism":
         return user_turn(organism_block(question, options))
     return wrap(UNIFIED_SYSTEM, user_message(question, options), template, tokenizer)
-
-
-_ANSWER_RE = re.compile(r"answer\s*[:：]\s*\(?\s*([A-Za-z])\b", re.IGNORECASE)
-
-
-def parse_answer(text: str, letters: str = "ABCD") -> str | None:
-    """Parse the option letter from the `Answer: <LETTER>` line.
-
-    The last non-empty line that contains `Answer:` wins (so a trailing remark after the answer line is tolerated);
-    the letter is case-insensitive and must be one of `letters`. Returns None when missing or invalid.
-    """
-    for line in reversed([ln.strip() for ln in text.splitlines() if ln.strip()]):
-        m = _ANSWER_RE.search(line)
-        if m:
-            letter = m.group(1).upper()
-            return letter if letter in letters.upper() else None
-    return None
-
-
-def answer_text(text: str) -> str | None:
-    """Free-form answer: what follows `Answer:` on the last line that has one (e.g. a Countdown expression)."""
-    for line in reversed(text.splitlines()):
-        m = re.search(r"answer\s*[:：](.*)$", line, re.IGNORECASE)
-        if m:
-            return m.group(1).strip()
-    return None

@@ -19,11 +19,10 @@ from typing import Any
 import yaml
 
 from .artifacts import PROJECT_ROOT
-from .params import ParameterError, SCHEMA, check_names
+from .params import SCHEMA, ParameterError, check_names, profiles
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 OUT_DIR = PROJECT_ROOT / "book" / "chapters"
-PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 
 #: Environment for chapter kernels: no progress bars or library chatter in rendered outputs, never any download.
 KERNEL_ENV = {
@@ -33,11 +32,6 @@ KERNEL_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
 }
-
-
-def profiles() -> dict[str, Any]:
-    """All profiles from profiles.yaml."""
-    return yaml.safe_load(PROFILES_FILE.read_text())
 
 
 def chapters() -> list[str]:

@@ -19,17 +19,15 @@ sensitivity (App. H.4, Table 8) and cross-task overlap of wavering sets (App. H.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from .artifacts import read_json, write_json
-from .params import check_budget
+from .heads import Head, HeadSet, check_budget, head_set_path, random_heads, write_head_set
 
 KINDS = ("steadfast", "wavering")
-Head = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -158,40 +156,7 @@ def rank_heads(entropies: Sequence, crit: Criteria) -> Ranking:
     return Ranking(kind=crit.kind, F=F, mbar=mbar, S=S, order=order)
 
 
-def random_heads(n_layers: int, n_heads: int, M: int = 30, seed: int = 0) -> list[Head]:
-    """A seeded uniformly random head set of size M (the Random-head baseline)."""
-    check_budget(M, n_layers, n_heads)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(n_layers * n_heads, size=M, replace=False)
-    return sorted((int(i // n_heads), int(i % n_heads)) for i in pick)
-
-
 # ----------------------------------------------------------------------------------------------- head sets
-@dataclass
-class HeadSet:
-    """A selected head set (wavering, steadfast or random) as chapters 04 and 06 consume it."""
-
-    kind: str  # "wavering" | "steadfast" | "random"
-    heads: list[Head]
-    n_layers: int
-    n_heads: int
-    F: list[float] = field(default_factory=list)  # per selected head (empty for random)
-    mbar: list[float] = field(default_factory=list)
-    criteria: dict | None = None
-    seed: int | None = None
-    provenance: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.heads)
-
-    def by_layer(self) -> dict[int, list[int]]:
-        """{layer: [heads]} for the intervention code."""
-        out: dict[int, list[int]] = {}
-        for layer, h in self.heads:
-            out.setdefault(layer, []).append(h)
-        return {k: sorted(v) for k, v in sorted(out.items())}
-
-
 def head_sets(entropies: Sequence, M: int = 30, seed: int = 0, steadfast: Criteria = STEADFAST,
               wavering: Criteria = WAVERING) -> dict[str, HeadSet]:
     """Wavering, steadfast and random top-M head sets from a probe set's raw entropy traces."""
@@ -209,26 +174,10 @@ def head_sets(entropies: Sequence, M: int = 30, seed: int = 0, steadfast: Criter
     return out
 
 
-def head_set_path(run_dir: Path | str, kind: str, task: str | None = None) -> Path:
-    """Where a head set lives in the run directory: `head_sets/[<task>/]<kind>.json`."""
-    base = Path(run_dir) / "head_sets"
-    return (base / task if task else base) / f"{kind}.json"
-
-
-def write_head_set(path: Path | str, hs: HeadSet, prov: Mapping) -> Path:
-    """Write a head set as JSON with its provenance (model identity, dataset, probe IDs, parameters, version)."""
-    payload = {k: v for k, v in asdict(hs).items() if k != "provenance"}
-    payload["heads"] = [list(h) for h in hs.heads]
-    return write_json(path, payload, prov)
-
-
-def load_head_set(path: Path | str, expect_model: Mapping | None) -> HeadSet:
-    """Read a head set; raises ProvenanceError if it was selected on another model (or tokenizer) than
-    `expect_model` (a `LoadedModel.identity()`). Pass None only to inspect a file deliberately."""
-    body = read_json(path, expect_model=expect_model)
-    prov = body.pop("provenance", {})
-    heads = [(int(a), int(b)) for a, b in body.pop("heads")]
-    return HeadSet(heads=heads, provenance=prov, **{k: body[k] for k in body if k in HeadSet.__dataclass_fields__})
+def write_head_sets(run_dir: Path | str, sets: Mapping[str, HeadSet], prov: Mapping,
+                    task: str | None = None) -> dict[str, Path]:
+    """Write every head set of `head_sets` to `head_sets/[<task>/]<kind>.json` with one provenance record."""
+    return {kind: write_head_set(head_set_path(run_dir, kind, task), hs, prov) for kind, hs in sets.items()}
 
 
 # ----------------------------------------------------------------------------------------------- statistics

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import yaml
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (a test extra)
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

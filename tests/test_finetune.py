@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import evaluation as ev
 from support import finetune as ft
+from support import heads, scoring
+from support import training as tr
 from support.models import random_hf_model
-from support.prompts import parse_answer
+from support.scoring import parse_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADS = [(0, 1), (1, 2), (1, 3)]  # layer 1 heads 2 and 3 share kv-group 1 (group size 2)
@@ -32,12 +35,12 @@ def _deterministic():
     torch.use_deterministic_algorithms(prev)
 
 
-def examples(n: int = 8, length: int = 12, prompt: int = 5, vocab: int = 128, seed: int = 0) -> list[ft.SFTExample]:
+def examples(n: int = 8, length: int = 12, prompt: int = 5, vocab: int = 128, seed: int = 0) -> list[tr.SFTExample]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
         ids = torch.randint(0, vocab, (length,), generator=g).tolist()
-        out.append(ft.SFTExample(str(i), tuple(ids), tuple([-100] * prompt + ids[prompt:])))
+        out.append(tr.SFTExample(str(i), tuple(ids), tuple([-100] * prompt + ids[prompt:])))
     return out
 
 
@@ -56,7 +59,7 @@ def test_shft_step_changes_only_selected_slices():
     hf = random_hf_model("qwen2")  # GQA (4 query heads, 2 kv heads), q/k/v biases
     base = copy.deepcopy(hf.state_dict())
     shft = ft.apply_shft(hf, HEADS)
-    ft.train(hf, examples(), ft.TrainConfig(lr=1e-2, max_steps=2, grad_accum=2))  # step 1: warmup, lr 0
+    tr.train(hf, examples(), tr.TrainConfig(lr=1e-2, max_steps=2, grad_accum=2))  # step 1: warmup, lr 0
     shft.merge()
     assert not hasattr(hf, "shft") and not any(p.requires_grad for p in hf.parameters())
     dh = 16
@@ -76,7 +79,8 @@ def test_shft_step_changes_only_selected_slices():
         assert changed_rows(w0, w1, dim) == expect[key], name  # exactly the slice changed, all of it
         keep = torch.ones(w0.shape[dim], dtype=torch.bool)
         keep[expect[key]] = False
-        assert torch.equal(w0.index_select(dim, keep.nonzero().flatten()), w1.index_select(dim, keep.nonzero().flatten()))
+        idx = keep.nonzero().flatten()
+        assert torch.equal(w0.index_select(dim, idx), w1.index_select(dim, idx))
 
 
 def test_hooks_equal_merged_weights_and_identity_at_init():
@@ -95,7 +99,7 @@ def test_hooks_equal_merged_weights_and_identity_at_init():
 def test_delta_gradients_equal_full_weight_gradient_slices():
     hf = random_hf_model("qwen2")
     ref = copy.deepcopy(hf)
-    ex = ft.collate(examples(2), 0, torch.device("cpu"))
+    ex = tr.collate(examples(2), 0, torch.device("cpu"))
     shft = ft.apply_shft(hf, HEADS)
     hf(**ex).loss.backward()
     ref(**ex).loss.backward()
@@ -119,7 +123,7 @@ def test_exact_parameter_count(arch, overrides, bias):
     geom = ft.geometry(hf)
     assert geom.qkv_bias is bias
     shft = ft.apply_shft(hf, HEADS)
-    n = ft.count_trainable(hf)
+    n = tr.count_trainable(hf)
     assert n == ft.shft_param_count(HEADS, geom) == sum(p.numel() for p in shft.parameters())
     d, dh, m = geom.d_model, geom.d_head, len(HEADS)
     g = len({(l, h // geom.group_size) for l, h in HEADS})
@@ -137,16 +141,16 @@ def test_optimizer_state_is_slice_sized():
     shft = ft.apply_shft(hf, HEADS)
     params = list(shft.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3)
-    hf(**ft.collate(examples(1), 0, torch.device("cpu"))).loss.backward()
+    hf(**tr.collate(examples(1), 0, torch.device("cpu"))).loss.backward()
     opt.step()
     assert set(map(id, opt.state)) == set(map(id, params))  # the optimizer sees only the deltas
     full = hf.model.layers[1].self_attn.q_proj.weight.shape
     for p in params:  # moments have the delta's (slice) shape, never a full projection's
         assert opt.state[p]["exp_avg"].shape == p.shape == opt.state[p]["exp_avg_sq"].shape != full
     n = sum(p.numel() for p in params)
-    assert ft.optimizer_state_bytes(opt) == 2 * 4 * n + 4 * len(params)  # two fp32 moments (+ step scalars)
-    res = ft.train(hf, examples(), ft.TrainConfig(lr=1e-3, max_steps=1, grad_accum=1))
-    assert res.n_trainable == n and res.optimizer_bytes == ft.optimizer_state_bytes(opt)
+    assert tr.optimizer_state_bytes(opt) == 2 * 4 * n + 4 * len(params)  # two fp32 moments (+ step scalars)
+    res = tr.train(hf, examples(), tr.TrainConfig(lr=1e-3, max_steps=1, grad_accum=1))
+    assert res.n_trainable == n and res.optimizer_bytes == tr.optimizer_state_bytes(opt)
 
 
 def test_hf_trainer_trains_only_slices(tmp_path):
@@ -176,7 +180,7 @@ def test_lora_trains_only_adapters():
     assert names and all("lora_A" in n or "lora_B" in n for n in names)
     assert {n.split(".")[4] for n in names} == {"q_proj", "v_proj"}
     assert prep.n_trainable == ft.lora_param_count(ft.geometry(hf), r=8)
-    ft.train(hf, examples(), ft.TrainConfig(lr=1e-2, max_steps=2, grad_accum=2))
+    tr.train(hf, examples(), tr.TrainConfig(lr=1e-2, max_steps=2, grad_accum=2))
     after = {n.replace(".base_layer", ""): v for n, v in hf.state_dict().items() if "lora_" not in n}
     assert all(torch.equal(base[k], after[k]) for k in base)
     assert any(v.abs().sum() > 0 for k, v in prep.trainable_state().items() if "lora_B" in k)
@@ -186,24 +190,24 @@ def test_full_and_base_regimes():
     hf = random_hf_model("qwen2")
     assert ft.prepare("full", hf).n_trainable == sum(p.numel() for p in hf.parameters())
     assert ft.prepare("base", hf).n_trainable == 0
-    assert ft.train(hf, examples(), ft.TrainConfig(max_steps=3)).steps == 0
+    assert tr.train(hf, examples(), tr.TrainConfig(max_steps=3)).steps == 0
 
 
 def test_random_heads_seeded_distinct():
-    a, b = ft.random_heads(6, 8, 10, seed=1), ft.random_heads(6, 8, 10, seed=2)
-    assert a == ft.random_heads(6, 8, 10, seed=1) and a != b
+    a, b = heads.random_heads(6, 8, 10, seed=1), heads.random_heads(6, 8, 10, seed=2)
+    assert a == heads.random_heads(6, 8, 10, seed=1) and a != b
     assert len(set(a)) == 10 and all(0 <= l < 6 and 0 <= h < 8 for l, h in a)
 
 
 @pytest.mark.parametrize("call,needle", [
-    (lambda: ft.random_heads(6, 8, 49, 0), "[1, 48]"),
-    (lambda: ft.check_budget(0, 6, 8), "[1, 48]"),
+    (lambda: heads.random_heads(6, 8, 49, 0), "[1, 48]"),
+    (lambda: heads.check_budget(0, 6, 8), "[1, 48]"),
     (lambda: ft.check_regime("wavering"), "base, full, lora, random, sh, wh"),
-    (lambda: ft.check_heads([(6, 0)], 6, 8), "layer in [0, 5]"),
-    (lambda: ft.check_heads([(0, 8)], 6, 8), "head in [0, 7]"),
+    (lambda: heads.check_heads([(6, 0)], 6, 8), "layer in [0, 5]"),
+    (lambda: heads.check_heads([(0, 8)], 6, 8), "head in [0, 7]"),
     (lambda: ft.prepare("wh", random_hf_model("qwen2"), [(0, 4)]), "head in [0, 3]"),
     (lambda: ft.prepare("sh", random_hf_model("qwen2")), "head regimes"),
-    (lambda: ft.TrainConfig(precision="fp8").validate(), "auto, fp32, bf16, fp16"),
+    (lambda: tr.TrainConfig(precision="fp8").validate(), "auto, fp32, bf16, fp16"),
 ])
 def test_bad_input_raises_one_clear_value_error(call, needle):
     with pytest.raises(ValueError, match="valid choices|head regimes") as e:
@@ -220,16 +224,16 @@ def toy_tok(tmp_path_factory):
 
 
 def test_prompt_mask_covers_prompt_exactly(toy_tok):
-    from support.organism import generate
+    from support.toydata import generate
 
     item = generate("toy_mc4", 1, "train", seed=3)[0]
-    ex = ft.encode_example(toy_tok, item.prompt, item.response)
+    ex = tr.encode_example(toy_tok, item.prompt, item.response)
     n_prompt = len(toy_tok(item.prompt).input_ids)
     assert ex.labels[:n_prompt] == (-100,) * n_prompt
     assert all(l != -100 for l in ex.labels[n_prompt:])
     assert list(ex.input_ids) == toy_tok(item.text).input_ids  # prompt + response tokenise as the whole text
     assert toy_tok.decode(list(ex.labels[n_prompt:])) == toy_tok.decode(toy_tok(item.response).input_ids)
-    short = ft.encode_example(toy_tok, item.prompt, item.response, max_length=20)  # left truncation keeps suffix
+    short = tr.encode_example(toy_tok, item.prompt, item.response, max_length=20)  # left truncation keeps suffix
     assert short.input_ids == ex.input_ids[-20:] and short.labels == ex.labels[-20:]
 
 
@@ -248,24 +252,24 @@ def test_parse_answer_edge_cases():
 def test_mc_metrics():
     golds = ["A", "A", "B", "B", "C", "C"]
     preds = ["A", None, "B", "A", "Z", "C"]
-    m = ft.mc_metrics(golds, preds, "ABCD")
+    m = scoring.mc_metrics(golds, preds, "ABCD")
     assert m["acc"] == pytest.approx(3 / 6) and m["n_invalid"] == 2 and m["n"] == 6
     # per class recall A 1/2, B 1/2, C 1/2; precision A 1/2, B 1, C 1
     assert m["rec"] == pytest.approx(0.5)
     f1 = [2 * 0.5 * 0.5 / 1.0, 2 * 1 * 0.5 / 1.5, 2 * 1 * 0.5 / 1.5]
     assert m["f1"] == pytest.approx(sum(f1) / 3)
     with pytest.raises(ValueError):
-        ft.mc_metrics([], [])
+        scoring.mc_metrics([], [])
 
 
 def test_entropy_drop_test_effect_sizes():
-    s = ft.entropy_drop_test([0.3, 0.2, 0.25, 0.1], [0.0, 0.05, 0.1, -0.02])
+    s = ev.entropy_drop_test([0.3, 0.2, 0.25, 0.1], [0.0, 0.05, 0.1, -0.02])
     assert s["cliffs_delta"] == pytest.approx(s["r_rb"]) and s["r_rb"] > 0.8 and 0 < s["p"] < 0.1
 
 
 # ----------------------------------------------------------------------------------------------- resume
 def test_resume_in_process_full_sft(tmp_path):
-    cfg = ft.TrainConfig(lr=1e-3, max_steps=6, grad_accum=2, save_every=2, log_every=1)
+    cfg = tr.TrainConfig(lr=1e-3, max_steps=6, grad_accum=2, save_every=2, log_every=1)
 
     def run(out, crash_at=None):
         torch.manual_seed(0)
@@ -277,7 +281,7 @@ def test_resume_in_process_full_sft(tmp_path):
                 raise KeyboardInterrupt
 
         try:
-            res = ft.train(hf, examples(), cfg, out_dir=out, callback=cb)
+            res = tr.train(hf, examples(), cfg, out_dir=out, callback=cb)
         except KeyboardInterrupt:
             return None, None
         return hf, res
@@ -290,16 +294,16 @@ def test_resume_in_process_full_sft(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), got.state_dict().values()))
     ft.prepare("full", ref)
     with pytest.raises(ValueError, match=r"different training config or data \(differs in \['grad_accum', 'lr'"):
-        ft.train(ref, examples(), ft.TrainConfig(lr=1.0, max_steps=6, save_every=2), out_dir=tmp_path / "a")
+        tr.train(ref, examples(), tr.TrainConfig(lr=1.0, max_steps=6, save_every=2), out_dir=tmp_path / "a")
     with pytest.raises(ValueError, match=r"differs in \['data'\]"):
-        ft.train(ref, examples(seed=1), cfg, out_dir=tmp_path / "a")
+        tr.train(ref, examples(seed=1), cfg, out_dir=tmp_path / "a")
 
 
 SCRIPT = textwrap.dedent("""
     import json, sys, time, torch
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    from support import finetune as ft
+    from support import finetune as ft, training as tr
     from support.artifacts import write_tensors
     from support.models import random_hf_model
     out, delay = sys.argv[1], float(sys.argv[2])
@@ -309,9 +313,9 @@ SCRIPT = textwrap.dedent("""
     ex = []
     for i in range(8):
         ids = torch.randint(0, 128, (16,), generator=g).tolist()
-        ex.append(ft.SFTExample(str(i), tuple(ids), tuple([-100] * 6 + ids[6:])))
-    cfg = ft.TrainConfig(lr=1e-2, max_steps=12, grad_accum=2, save_every=3, log_every=1)
-    res = ft.train(hf, ex, cfg, out_dir=out, callback=lambda s, l: time.sleep(delay if s == 3 else 0))
+        ex.append(tr.SFTExample(str(i), tuple(ids), tuple([-100] * 6 + ids[6:])))
+    cfg = tr.TrainConfig(lr=1e-2, max_steps=12, grad_accum=2, save_every=3, log_every=1)
+    res = tr.train(hf, ex, cfg, out_dir=out, callback=lambda s, l: time.sleep(delay if s == 3 else 0))
     hf.shft.merge()
     write_tensors(out + "/merged.safetensors", hf.state_dict(), {})
     print(json.dumps({"resumed_from": res.resumed_from}))

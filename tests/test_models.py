@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from support.models import UnknownModelError, load_model, pick_dtype, resolve, toy_models
-from support.organism import generate
+from support.toydata import generate
 
 HOOKS = ("hook_z", "hook_pattern", "hook_result")
 
@@ -108,10 +108,11 @@ def test_toy_options_put_the_letter_after_the_value(toy):
 
 
 def test_toy_multiple_choice_accuracy_is_in_the_acceptance_band(toy):
-    from support.organism import greedy_answers, score
+    from support.organism import greedy_answers
+    from support.scoring import accuracy
 
     items = generate("toy_mc4", 100, "test", seed=0)
-    acc = score(items, greedy_answers(toy.hf_model, toy.tokenizer, items))
+    acc = accuracy(items, greedy_answers(toy.hf_model, toy.tokenizer, items))
     assert 0.5 <= acc <= 0.9, acc  # clearly above chance (0.25), not saturated
 
 

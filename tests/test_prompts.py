@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from support.prompts import UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, format_mc_prompt, parse_answer
+from support.prompts import UNIFIED_INSTRUCTION, UNIFIED_SYSTEM, format_mc_prompt
+from support.scoring import answer_text, parse_answer
 
 
 def test_chatml_prompt_matches_appendix_b():
     p = format_mc_prompt("What is 2 + 2 ?", ["3", "4"], "chatml")
-    assert p.startswith(f"<|im_start|>system\n{UNIFIED_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 2 + 2 ?\nA. 3\nB. 4\n")
+    head = f"<|im_start|>system\n{UNIFIED_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 2 + 2 ?\nA. 3\nB. 4\n"
+    assert p.startswith(head)
     assert p.endswith(f"{UNIFIED_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -48,8 +50,6 @@ def test_parse_answer(text, letters, want):
     ("no answer here", None),
 ])
 def test_answer_text(text, want):
-    from support.prompts import answer_text
-
     assert answer_text(text) == want
 
 

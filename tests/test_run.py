@@ -5,7 +5,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from support import params, run
+from support import heads, params, run
 from support.params import ParameterError
 
 
@@ -42,12 +42,12 @@ def test_main_exits_2_on_bad_input(capsys):
 
 
 def test_every_profile_is_valid_for_every_chapter():
-    for prof in run.profiles():
+    for prof in params.profiles():
         assert run.plan(prof, None, {}, None)
 
 
 def test_profiles_cover_every_chapter():
-    for prof, spec in run.profiles().items():
+    for prof, spec in params.profiles().items():
         assert set(spec["chapters"]) == set(run.chapters()), prof
 
 
@@ -63,8 +63,8 @@ def test_validate_missing_and_budget():
     with pytest.raises(ParameterError, match="missing"):
         params.validate("00_model_organism", {"seed": 0})
     with pytest.raises(ParameterError, match=r"\[1, 48\]"):
-        params.check_budget(49, 6, 8)
-    params.check_budget(48, 6, 8)
+        heads.check_budget(49, 6, 8)
+    heads.check_budget(48, 6, 8)
 
 
 def _nb(path, src):

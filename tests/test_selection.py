@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from support import heads
 from support import selection as S
 from support.artifacts import ProvenanceError, provenance
 
@@ -101,12 +102,12 @@ def test_head_sets_budget_and_errors(tmp_path):
     sets = S.head_sets([H, H], M=2, seed=3)
     assert sets["steadfast"].heads == [(0, 0), (0, 2)]
     assert sets["wavering"].heads == [(0, 3), (1, 1)]
-    assert len(sets["random"]) == 2 and sets["random"].heads == S.random_heads(2, 4, 2, seed=3)
-    assert len(set(S.random_heads(2, 4, 8, seed=1))) == 8
+    assert len(sets["random"]) == 2 and sets["random"].heads == heads.random_heads(2, 4, 2, seed=3)
+    assert len(set(heads.random_heads(2, 4, 8, seed=1))) == 8
     with pytest.raises(ValueError, match=r"M=9 .*\[1, 8\]"):
         S.head_sets([H], M=9)
     with pytest.raises(ValueError, match="M=0"):
-        S.random_heads(2, 4, 0)
+        heads.random_heads(2, 4, 0)
     with pytest.raises(ValueError, match="empty probe set"):
         S.head_sets([], M=2)
     with pytest.raises(ValueError, match="valid choices: steadfast, wavering"):
@@ -123,14 +124,14 @@ def test_head_set_file_roundtrip_and_model_check(tmp_path):
     sets = S.head_sets([example_one()], M=2)
     model = {"name": "toy-qwen2", "kind": "toy", "weights": "abc", "tokenizer": "def"}
     prov = provenance(model, "toy_mc4", ["a", "b"], {"M": 2})
-    path = S.write_head_set(S.head_set_path(tmp_path, "wavering"), sets["wavering"], prov)
+    path = heads.write_head_set(heads.head_set_path(tmp_path, "wavering"), sets["wavering"], prov)
     assert path == tmp_path / "head_sets" / "wavering.json"
-    hs = S.load_head_set(path, expect_model=model)
+    hs = heads.load_head_set(path, expect_model=model)
     assert hs.heads == sets["wavering"].heads and hs.kind == "wavering" and hs.criteria["tau"] == 0.95
     assert hs.provenance["example_ids"] == ["a", "b"] and hs.provenance["params"] == {"M": 2}
     assert hs.by_layer() == {0: [3], 1: [1]}
     with pytest.raises(ProvenanceError):
-        S.load_head_set(path, expect_model={**model, "weights": "other"})
+        heads.load_head_set(path, expect_model={**model, "weights": "other"})
 
 
 def test_statistics():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from support import scoring
 from support import tasks as T
 from support.tasks import CountdownItem, MalformedRowError, MathItem, MCItem
 
@@ -111,20 +112,12 @@ def test_arc_numeric_labels_mapped(real_root):
 def test_math_answers(loaded):
     aime24 = {it.id: it for it in loaded["aime24"]}
     assert aime24["aime24-67"].answer == "25"  # stored as the zero-padded string "025"
-    assert T.answers_equal("025", 25) and T.answers_equal(25, 25.0) and T.answers_equal("025", 25.0)
+    assert scoring.answers_equal("025", 25) and scoring.answers_equal(25, 25.0) and scoring.answers_equal("025", 25.0)
     assert loaded["aime25"][0].answer == "70"
     assert loaded["amc23"][0].answer == "27"  # stored as the float 27.0
     m = loaded["math500"]
     assert m[0].answer == "\\left( 3, \\frac{\\pi}{2} \\right)" and m[0].id == "math500-test/precalculus/807.json"
     assert all(it.solution for it in m)
-
-
-def test_answers_equal_cases():
-    assert T.answers_equal("1,600", 1600) and T.answers_equal(" 2.50 ", "2.5") and T.answers_equal("-1", -1.0)
-    assert T.answers_equal("\\frac{1}{2}", "0.5") and T.answers_equal("$\\boxed{7}$", 7)
-    assert T.answers_equal("\\text{Evelyn}", "Evelyn") and T.answers_equal("p - q", "p-q")
-    assert not T.answers_equal("3", "4") and not T.answers_equal("x", "y") and not T.answers_equal("25", "250")
-    assert T.normalize_answer(".0000672") == "0.0000672" and T.normalize_answer("10,\\!080") == "10080"
 
 
 def test_bbh(loaded, real_root):
@@ -205,41 +198,6 @@ def test_hub_fallback_uses_same_converters(tmp_path, monkeypatch):
                      ("Jiayi-Pan/Countdown-Tasks-3to4", None, "train"), ("openai/gsm8k", "main", "test")]
     with pytest.raises(FileNotFoundError, match="RH_DATA_DIR"):
         T.load_task("arc_challenge", source="local")
-
-
-# --------------------------------------------------------------------------------------------------- countdown
-
-
-@pytest.mark.parametrize("expr,numbers,target,exact,ok", [
-    ("(100 - 93) + 30", [30, 100, 93], 37, True, True),
-    ("100 - (93 - 30) / 3", [30, 100, 93, 3], 79, True, True),
-    ("(6 / 4) * 16", [4, 6, 16], 24, True, True),  # exact fractions in between
-    ("30 + 100 - 93 = 37", [30, 100, 93], 37, True, True),  # trailing '= value' ignored
-    ("30 + 100 - 93", [30, 100, 93], 36, True, False),  # wrong value
-    ("30 + 100", [30, 100, 93], 130, True, False),  # not all numbers used (exact)
-    ("30 + 100", [30, 100, 93], 130, False, True),  # ... allowed with exact=False
-    ("30 + 30 + 100", [30, 100, 93], 160, False, False),  # a number used twice
-    ("30 + 7", [30, 100, 93], 37, False, False),  # a number not given
-    ("93 / (100 - 100)", [93, 100, 100], 0, True, False),  # division by zero
-    ("(30 + 100", [30, 100], 130, True, False),  # unbalanced
-    ("30 + + 100", [30, 100], 130, True, False),  # malformed
-    ("30 ** 2", [30, 2], 900, True, False),  # power is not allowed
-    ("__import__('os')", [1], 1, True, False),  # not evaluated
-    ("", [1], 1, True, False),
-    ("2 × 3", [2, 3], 6, True, True),
-])
-def test_verify_countdown(expr, numbers, target, exact, ok):
-    assert T.verify_countdown(expr, numbers, target, exact=exact) is ok
-
-
-def test_evaluate_countdown():
-    from fractions import Fraction
-
-    assert T.evaluate_countdown("1 - 2 - 3") == (Fraction(-4), [1, 2, 3])  # left-associative
-    assert T.evaluate_countdown("2 * 3 + 4 * 5")[0] == 26
-    for bad in ("(" * 600 + "1" + ")" * 600, "1 / 0", "1 2"):
-        with pytest.raises(ValueError):
-            T.evaluate_countdown(bad)
 
 
 # --------------------------------------------------------------------------------------------------- malformed rows

@@ -7,13 +7,16 @@ import math
 import pytest
 import torch
 
+from support import decoding as D
+from support import readout as R
+from support import scoring
 from support import tracing as T
 from support.artifacts import ProvenanceError
 from support.models import LoadedModel, bridge, random_hf_model
 
 WORDS = ["<pad>", "<unk>", "<eos>"] + [str(i) for i in range(100)] + list("ABCDE") + ["+", "-", "*", "=", "Answer:"]
 PROMPT = "1 2 3 + 4 = 5 A B"
-SHORT = T.DecodeConfig(max_new_tokens=8)
+SHORT = D.DecodeConfig(max_new_tokens=8)
 
 
 def tiny_tokenizer():
@@ -51,48 +54,48 @@ def test_analytic_readout_and_entropy():
     W_UK[0, 0] = 1.0  # residual dim 0 -> option A
     W_UK[1, :] = 1.0  # residual dim 1 -> all options equally
     z = torch.tensor([[a, 0.0], [0.0, 5.0]])
-    logits = T.option_readout(z, W_O, W_UK)
+    logits = R.option_readout(z, W_O, W_UK)
     assert torch.allclose(logits[0], torch.tensor([a, 0, 0, 0]))
     assert torch.allclose(logits[1], torch.full((4,), 5.0))
     p = torch.tensor([math.exp(a), 1, 1, 1]) / (math.exp(a) + 3)
     h_ref = float(-(p * p.log()).sum())
-    h = T.entropy(logits)
+    h = R.entropy(logits)
     assert h[0].item() == pytest.approx(h_ref, abs=1e-6)
     assert h[1].item() == pytest.approx(math.log(4), abs=1e-6)  # equal logits: maximal entropy
     # beta is an inverse temperature: beta * z
-    assert T.entropy(logits, beta=0.5)[0].item() == pytest.approx(float(T.entropy(logits[0] * 0.5)), abs=1e-6)
+    assert R.entropy(logits, beta=0.5)[0].item() == pytest.approx(float(R.entropy(logits[0] * 0.5)), abs=1e-6)
     # final_norm: o = (a, 0, 0) -> gamma * o / rms(o) = gamma * (sqrt(3), 0, 0) (rms = a / sqrt(3))
     g = torch.tensor([2.0, 1.0, 1.0])
-    fn = T.option_readout(z, W_O, W_UK, norm="final_norm", gamma=g, eps=0.0)
+    fn = R.option_readout(z, W_O, W_UK, norm="final_norm", gamma=g, eps=0.0)
     assert torch.allclose(fn[0], torch.tensor([2 * math.sqrt(3), 0, 0, 0]), atol=1e-5)
-    assert torch.allclose(T.option_readout(3 * z, W_O, W_UK, "final_norm", g, 0.0), fn, atol=1e-5)  # scale-free
+    assert torch.allclose(R.option_readout(3 * z, W_O, W_UK, "final_norm", g, 0.0), fn, atol=1e-5)  # scale-free
 
 
 def test_entropy_bounds():
     g = torch.Generator().manual_seed(0)
     for k in (2, 4, 5, 15):
         x = torch.randn(500, k, generator=g) * torch.logspace(-3, 3, 500)[:, None]
-        h = T.entropy(x)
+        h = R.entropy(x)
         assert (h >= 0).all() and (h <= math.log(k) + 1e-7).all()
-    assert T.entropy(torch.zeros(5)).item() == pytest.approx(math.log(5))
-    assert T.entropy(torch.tensor([1e4, 0, 0, 0])).item() == pytest.approx(0.0, abs=1e-6)
+    assert R.entropy(torch.zeros(5)).item() == pytest.approx(math.log(5))
+    assert R.entropy(torch.tensor([1e4, 0, 0, 0])).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_fast_readout_equals_reference(lm):
     g = torch.Generator().manual_seed(1)
-    for norm in T.NORMS:
-        ro = T.build_readout(lm, "A-D", norm=norm)
+    for norm in R.NORMS:
+        ro = R.build_readout(lm, "A-D", norm=norm)
         Z = torch.randn(3, lm.n_layers, lm.n_heads, ro.d_head, generator=g)
-        fast = T.readout_logits(ro, Z)
+        fast = R.readout_logits(ro, Z)
         W_UK = ro.W_U[:, [t[0] for t in ro.options.token_ids]]
         for layer in range(lm.n_layers):
-            ref = T.option_readout(Z[:, layer], ro.W_O[layer], W_UK, norm, ro.gamma, ro.eps)
+            ref = R.option_readout(Z[:, layer], ro.W_O[layer], W_UK, norm, ro.gamma, ro.eps)
             assert torch.allclose(fast[:, layer], ref, atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------- decoding
 def test_tracing_leaves_tokens_identical(lm):
-    cfg = T.DecodeConfig(max_new_tokens=16)
+    cfg = D.DecodeConfig(max_new_tokens=16)
     plain = T.plain_decode(lm, PROMPT, cfg)
     ids = lm.tokenizer(PROMPT, return_tensors="pt").input_ids
     ref = lm.hf_model.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=2, pad_token_id=0)
@@ -106,11 +109,11 @@ def test_tracing_leaves_tokens_identical(lm):
     assert not any(lm.bridge.blocks[0].attn.hook_z.fwd_hooks)  # hooks removed
 
 
-@pytest.mark.parametrize("norm", T.NORMS)
+@pytest.mark.parametrize("norm", R.NORMS)
 def test_fast_trace_matches_naive_run_with_cache(lm, norm):
-    ro = T.build_readout(lm, "A-D", norm=norm)
-    tr = T.trace(lm, PROMPT, readout=ro, decode=T.DecodeConfig(max_new_tokens=4))
-    ref, toks = T.naive_trace(lm, PROMPT, ro, T.DecodeConfig(max_new_tokens=4))
+    ro = R.build_readout(lm, "A-D", norm=norm)
+    tr = T.trace(lm, PROMPT, readout=ro, decode=D.DecodeConfig(max_new_tokens=4))
+    ref, toks = T.naive_trace(lm, PROMPT, ro, D.DecodeConfig(max_new_tokens=4))
     assert toks == tr.tokens
     assert torch.allclose(tr.logits, ref, atol=1e-4, rtol=1e-3)
     assert tr.logits.abs().max() > 1e-2  # a non-trivial comparison
@@ -118,66 +121,66 @@ def test_fast_trace_matches_naive_run_with_cache(lm, norm):
 
 def test_gqa_readout_is_per_query_head():
     m = tiny_lm("llama", name="tiny-llama", num_attention_heads=4, num_key_value_heads=1)
-    tr = T.trace(m, PROMPT, "A-D", decode=T.DecodeConfig(max_new_tokens=3))
+    tr = T.trace(m, PROMPT, "A-D", decode=D.DecodeConfig(max_new_tokens=3))
     assert tr.logits.shape[2] == 4 and m.n_kv_heads == 1
     assert not torch.allclose(tr.logits[:, 0, 0], tr.logits[:, 0, 1])  # query heads sharing one K/V head differ
-    ref, _ = T.naive_trace(m, PROMPT, T.build_readout(m, "A-D"), T.DecodeConfig(max_new_tokens=3))
+    ref, _ = T.naive_trace(m, PROMPT, R.build_readout(m, "A-D"), D.DecodeConfig(max_new_tokens=3))
     assert torch.allclose(tr.logits, ref, atol=1e-4, rtol=1e-3)
 
 
 def test_dynamic_topk_uses_models_own_predictions(lm):
-    tr = T.trace(lm, PROMPT, T.TopK(3), decode=SHORT)
+    tr = T.trace(lm, PROMPT, R.TopK(3), decode=SHORT)
     assert tr.option_ids.shape == (len(tr.tokens), 3)
     assert tr.option_ids[:, 0].tolist() == tr.tokens  # greedy: the top-1 prediction is the emitted token
-    ro = T.build_readout(lm, T.TopK(3))
+    ro = R.build_readout(lm, R.TopK(3))
     t = 2
     z = torch.randn(1, lm.n_layers, lm.n_heads, ro.d_head)
-    fast = T.readout_logits(ro, z, tr.option_ids[t:t + 1])
+    fast = R.readout_logits(ro, z, tr.option_ids[t:t + 1])
     for layer in range(lm.n_layers):
-        ref = T.option_readout(z[:, layer], ro.W_O[layer], ro.W_U[:, tr.option_ids[t]])
+        ref = R.option_readout(z[:, layer], ro.W_O[layer], ro.W_U[:, tr.option_ids[t]])
         assert torch.allclose(fast[:, layer], ref, atol=1e-5)
 
 
 def test_loop_detector_and_decode_config():
-    det = T.LoopDetector(window=120, ratio=0.9)
+    det = D.LoopDetector(window=120, ratio=0.9)
     assert det(list(range(7)) * 20)  # period-7 copying loop
     assert not det(list(range(7)) * 10)  # shorter than the window
     assert not det(torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:150].tolist())
-    assert T.DecodeConfig(max_new_tokens=256, extend_factor=2.0).cap == 512
+    assert D.DecodeConfig(max_new_tokens=256, extend_factor=2.0).cap == 512
     for bad in (dict(max_new_tokens=0), dict(loop_ratio=1.5), dict(extend_factor=3.0), dict(loop_window=1)):
         with pytest.raises(ValueError):
-            T.DecodeConfig(**bad)
+            D.DecodeConfig(**bad)
 
 
 # ----------------------------------------------------------------------------------------------- option sets / errors
 def test_option_sets_and_bad_parameters(lm):
     tok = lm.tokenizer
-    assert T.option_set(tok, "A-E").labels == tuple("ABCDE")
-    ops = T.option_set(tok, "digits+ops")
+    assert R.option_set(tok, "A-E").labels == tuple("ABCDE")
+    ops = R.option_set(tok, "digits+ops")
     assert len(ops) == 14 and all(len(t) == 1 for t in ops.token_ids)
-    multi = T.option_set(tok, ["A", "B C"])  # "B C" is two words -> two tokens, aggregated
+    multi = R.option_set(tok, ["A", "B C"])  # "B C" is two words -> two tokens, aggregated
     assert multi.token_ids[1] == (WORDS.index("B"), WORDS.index("C"))
     col = multi.matrix(128)[:, 1]
     assert col.nonzero().flatten().tolist() == [WORDS.index("B"), WORDS.index("C")] and col.sum() == 1.0  # mean
     with pytest.raises(ValueError, match="split into 2 tokens"):
-        T.option_set(tok, ["A", "B C"], require_single=True)
+        R.option_set(tok, ["A", "B C"], require_single=True)
     with pytest.raises(ValueError, match="missing from the tokenizer"):
-        T.option_set(tok, ["A", "Z"])
+        R.option_set(tok, ["A", "Z"])
     with pytest.raises(ValueError, match="valid choices: raw, final_norm"):
-        T.build_readout(lm, "A-D", norm="layer_norm")
+        R.build_readout(lm, "A-D", norm="layer_norm")
     with pytest.raises(ValueError, match="valid choices: mean, first, sum"):
-        T.option_set(tok, "A-D", aggregate="max")
+        R.option_set(tok, "A-D", aggregate="max")
     with pytest.raises(ValueError, match="at least 2"):
-        T.option_set(tok, ["A"])
+        R.option_set(tok, ["A"])
     with pytest.raises(ValueError, match="beta"):
-        T.build_readout(lm, "A-D", beta=0)
+        R.build_readout(lm, "A-D", beta=0)
     with pytest.raises(ValueError, match="k >= 2"):
-        T.TopK(1)
+        R.TopK(1)
 
 
 def test_parse_answer():
-    assert T.parse("x\nAnswer: C", tuple("ABCD")) == "C"
-    assert T.parse("x\nAnswer: ( 1 + 2 ) * 3", ("0", "+")) == "( 1 + 2 ) * 3"
+    assert scoring.parse("x\nAnswer: C", tuple("ABCD")) == "C"
+    assert scoring.parse("x\nAnswer: ( 1 + 2 ) * 3", ("0", "+")) == "( 1 + 2 ) * 3"
 
 
 # ----------------------------------------------------------------------------------------------- storage

@@ -1,0 +1,364 @@
+"""Supervised fine-tuning data and the training loop shared by every regime of paper 000 (App. E).
+
+Training recipe (App. E; `TrainConfig`): NLL on the assistant response only (prompt masked), max length 1024
+truncating from the left (suffix kept), AdamW, cosine schedule with warmup ratio 0.03, lr 5e-5, batch 1 with
+gradient accumulation 8, bf16 autocast where the hardware supports it (fp16 + loss scaling otherwise on GPU,
+fp32 on CPU). Unstated in App. E, so HF Trainer defaults: weight decay 0, gradient clipping at norm 1.0,
+betas (0.9, 0.999), eps 1e-8. Checkpoints every `save_every` steps (trainable tensors, optimizer state, scheduler,
+RNG states; safetensors + JSON, no pickle) make `train` resumable: re-running with the same `out_dir` continues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .artifacts import atomic_write_bytes, read_tensors, write_tensors
+from .prompts import format_mc_prompt
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters with requires_grad."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes held in the optimizer state (AdamW: two moments per trainable element plus a step counter)."""
+    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class SFTExample:
+    """Token ids and labels (-100 on the prompt) of one training example."""
+
+    id: str
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+
+
+def sft_pair(item: Any, tokenizer=None, template: str = "model") -> tuple[str, str]:
+    """(prompt, response) for a toy item (its own ChatML prompt) or an MCItem (App. B prompt + rationale)."""
+    if hasattr(item, "prompt") and hasattr(item, "response"):
+        return item.prompt, item.response
+    prompt = format_mc_prompt(item.question, item.options, template, tokenizer)
+    rationale = (getattr(item, "rationale", None) or "").strip()
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    return prompt, (f"{rationale}\n" if rationale else "") + f"Answer: {item.answer}{eos}"
+
+
+def encode_example(tokenizer, prompt: str, response: str, max_length: int = 1024, id: str = "") -> SFTExample:
+    """Prompt ids (masked, -100) + response ids (trained); truncated from the left to keep the suffix (App. E)."""
+    p = tokenizer(prompt).input_ids
+    r = tokenizer(response, add_special_tokens=False).input_ids
+    ids, labels = (p + r)[-max_length:], ([-100] * len(p) + r)[-max_length:]
+    return SFTExample(id=id, input_ids=tuple(ids), labels=tuple(labels))
+
+
+def build_dataset(items: Sequence[Any], tokenizer, max_length: int = 1024, template: str = "model"
+                  ) -> list[SFTExample]:
+    """Encode items (toy items or MCItems) for SFT."""
+    return [encode_example(tokenizer, *sft_pair(it, tokenizer, template), max_length=max_length,
+                           id=str(getattr(it, "id", i))) for i, it in enumerate(items)]
+
+
+def collate(batch: Sequence[SFTExample], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padding is masked out of attention and loss."""
+    n = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, e in enumerate(batch):
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        mask[i, : len(e.input_ids)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+# ----------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainConfig:
+    """App. E recipe. Profiles change `epochs`/`max_steps` (and the ci profile may raise `lr`)."""
+
+    lr: float = 5e-5
+    epochs: float = 10.0
+    max_steps: int | None = None
+    batch_size: int = 1
+    grad_accum: int = 8
+    warmup_ratio: float = 0.03
+    max_length: int = 1024
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    precision: str = "auto"
+    log_every: int = 10
+    save_every: int | None = None
+
+    def steps(self, n_examples: int) -> int:
+        """Optimizer steps: `max_steps`, else ceil(epochs·n / (batch·accum))."""
+        if self.max_steps is not None:
+            return int(self.max_steps)
+        return max(1, math.ceil(self.epochs * n_examples / (self.batch_size * self.grad_accum)))
+
+    def validate(self) -> "TrainConfig":
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        for k in ("batch_size", "grad_accum", "max_length"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be ≥ 1, got {getattr(self, k)}")
+        return self
+
+
+def data_order(n: int, n_needed: int, seed: int) -> list[int]:
+    """Example indices in training order: a seeded permutation per epoch, concatenated (identical across regimes)."""
+    out: list[int] = []
+    epoch = 0
+    while len(out) < n_needed:
+        perm = list(range(n))
+        random.Random(f"order|{seed}|{epoch}").shuffle(perm)
+        out += perm
+        epoch += 1
+    return out[:n_needed]
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 where supported, fp16 on other GPUs, none (fp32) on CPU, unless asked otherwise."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+@dataclass
+class TrainResult:
+    """Loss log and bookkeeping of one `train` call."""
+
+    steps: int
+    log: list[dict]
+    seconds: float
+    resumed_from: int = 0
+    n_trainable: int = 0
+    optimizer_bytes: int = 0
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.log[-1]["loss"] if self.log else None
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = TrainConfig(),
+          out_dir: str | Path | None = None, progress: bool = False, pad_id: int = 0,
+          callback: Callable[[int, float], None] | None = None, prov: Mapping[str, Any] | None = None
+          ) -> TrainResult:
+    """Train the model's requires_grad parameters on response-only NLL (App. E); resumable through `out_dir`.
+
+    With `out_dir`, a checkpoint is written every `cfg.save_every` steps and the final trainable tensors to
+    `out_dir/final.safetensors` (with `prov` as provenance); calling again with the same `out_dir` resumes from the
+    latest checkpoint, or just reloads the final tensors when the run had finished.
+    """
+    cfg.validate()
+    params = _trainable(model)
+    t0 = time.time()
+    if not params:
+        return TrainResult(steps=0, log=[], seconds=0.0)
+    out = Path(out_dir) if out_dir is not None else None
+    key = run_key(cfg, examples)
+    if out is not None and (out / "train_log.json").exists():
+        return _load_finished(model, out, key)
+    dev = next(iter(params.values())).device
+    total = cfg.steps(len(examples))
+    per_step = cfg.batch_size * cfg.grad_accum
+    order = data_order(len(examples), total * per_step, cfg.seed)
+    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from transformers import get_cosine_schedule_with_warmup
+
+    sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
+    amp = amp_dtype(cfg.precision, dev)
+    scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
+    log: list[dict] = []
+    start = 0
+    if out is not None and (out / "checkpoint" / "latest.json").exists():
+        start, log = load_checkpoint(out, model, opt, sched, scaler, key)
+    model.train()
+    bar = tqdm(total=total, initial=start, disable=not progress, desc="train", leave=False)
+    try:
+        for step in range(start, total):
+            loss = _step(model, examples, order[step * per_step:(step + 1) * per_step], cfg, opt, sched, scaler,
+                         amp, pad_id, dev, params)
+            if (step + 1) % cfg.log_every == 0 or step == 0 or step + 1 == total:
+                log.append({"step": step + 1, "loss": round(loss, 6), "lr": sched.get_last_lr()[0]})
+            bar.update(1)
+            if out is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+                save_checkpoint(out, model, opt, sched, scaler, key, step + 1, log)
+            if callback is not None:
+                callback(step + 1, loss)
+    finally:
+        bar.close()
+        model.eval()
+    res = TrainResult(steps=total, log=log, seconds=time.time() - t0, resumed_from=start,
+                      n_trainable=sum(p.numel() for p in params.values()), optimizer_bytes=optimizer_state_bytes(opt))
+    if out is not None:
+        write_tensors(out / "final.safetensors", {n: p for n, p in params.items()}, dict(prov or {}))
+        atomic_write_bytes(out / "train_log.json", json.dumps(
+            {"config": key, **asdict(res)}, indent=1).encode())
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return res
+
+
+def _step(model, examples, idx, cfg, opt, sched, scaler, amp, pad_id, dev, params) -> float:
+    """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+    total = 0.0
+    for i in range(cfg.grad_accum):
+        chunk = idx[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        batch = collate([examples[j] for j in chunk], pad_id, dev)
+        with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+            loss = model(**batch).loss / cfg.grad_accum
+        (scaler.scale(loss) if scaler else loss).backward()
+        total += float(loss.detach())
+    if scaler is not None:
+        scaler.unscale_(opt)
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return total
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def _rng_state() -> tuple[dict, dict]:
+    """(tensors, json) for torch (CPU + CUDA), Python `random` and NumPy RNG states."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = s
+    v, st, gauss = random.getstate()
+    n = np.random.get_state()
+    js = {"python": [v, list(st), gauss], "numpy": [n[0], n[1].tolist(), int(n[2]), int(n[3]), float(n[4])]}
+    return tensors, js
+
+
+def _set_rng_state(tensors: Mapping[str, torch.Tensor], js: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    v, st, gauss = js["python"]
+    random.setstate((v, tuple(st), gauss))
+    n = js["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def _opt_split(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Optimizer state dict as (tensors, json): per-parameter tensors to safetensors, the rest to JSON."""
+    sd = opt.state_dict()
+    tensors = {f"opt/{pid}/{k}": v for pid, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    scalars = {str(pid): {k: v for k, v in s.items() if not torch.is_tensor(v)} for pid, s in sd["state"].items()}
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _opt_join(tensors: Mapping[str, torch.Tensor], js: Mapping[str, Any]) -> dict:
+    state: dict[int, dict] = {int(pid): dict(v) for pid, v in js["scalars"].items()}
+    for key, v in tensors.items():
+        if key.startswith("opt/"):
+            _, pid, k = key.split("/", 2)
+            state.setdefault(int(pid), {})[k] = v
+    return {"state": state, "param_groups": js["param_groups"]}
+
+
+def run_key(cfg: TrainConfig, examples: Sequence[SFTExample]) -> dict:
+    """What identifies a training run for resuming: the config plus a hash of the encoded data (in order)."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.input_ids, e.labels]).encode())
+    return {**asdict(cfg), "data": h.hexdigest()[:16], "n_examples": len(examples)}
+
+
+def save_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any], step: int, log: list[dict]
+                    ) -> Path:
+    """Write `out/checkpoint/step-<k>/` (trainable tensors, optimizer, RNG: safetensors; the rest: JSON), then
+    point `latest.json` at it atomically and delete older checkpoints (at most one kept)."""
+    root = out / "checkpoint"
+    d = root / f"step-{step}"
+    d.mkdir(parents=True, exist_ok=True)
+    opt_t, opt_j = _opt_split(opt)
+    rng_t, rng_j = _rng_state()
+    write_tensors(d / "trainable.safetensors", _trainable(model), {"step": step})
+    write_tensors(d / "state.safetensors", {**opt_t, **rng_t}, {"step": step})
+    state = {"step": step, "config": dict(key), "optimizer": opt_j, "scheduler": sched.state_dict(),
+             "scaler": scaler.state_dict() if scaler else None, "rng": rng_j, "log": log}
+    atomic_write_bytes(d / "state.json", json.dumps(state).encode())
+    atomic_write_bytes(root / "latest.json", json.dumps({"step": step, "dir": d.name}).encode())
+    for old in root.glob("step-*"):
+        if old != d:
+            shutil.rmtree(old, ignore_errors=True)
+    return d
+
+
+def _check_config(saved: Mapping[str, Any], key: Mapping[str, Any], where: Path) -> None:
+    keep = ("save_every", "log_every")
+    a = {k: v for k, v in saved.items() if k not in keep}
+    b = {k: v for k, v in key.items() if k not in keep}
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ValueError(f"{where} holds a run with a different training config or data (differs in {diff}); "
+                         "use a fresh output directory")
+
+
+def _load_params(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: Path) -> None:
+    params = _trainable(model)
+    if set(params) != set(tensors):
+        raise ValueError(f"{where} was saved for other trainable parameters (e.g. another regime or head set); "
+                         "use a fresh output directory")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[n])
+
+
+def load_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any]) -> tuple[int, list[dict]]:
+    """Restore trainable tensors, optimizer, scheduler, scaler and RNG states; returns (step, log)."""
+    root = out / "checkpoint"
+    d = root / json.loads((root / "latest.json").read_text())["dir"]
+    state = json.loads((d / "state.json").read_text())
+    _check_config(state["config"], key, out)
+    _load_params(model, read_tensors(d / "trainable.safetensors")[0], d)
+    tensors, _ = read_tensors(d / "state.safetensors")
+    opt.load_state_dict(_opt_join(tensors, state["optimizer"]))
+    sched.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    _set_rng_state(tensors, state["rng"])
+    return int(state["step"]), list(state["log"])
+
+
+def _load_finished(model: nn.Module, out: Path, key: Mapping[str, Any]) -> TrainResult:
+    info = json.loads((out / "train_log.json").read_text())
+    _check_config(info["config"], key, out)
+    _load_params(model, read_tensors(out / "final.safetensors")[0], out)
+    model.eval()
+    keys = ("steps", "log", "seconds", "resumed_from", "n_trainable", "optimizer_bytes")
+    return TrainResult(**{k: info[k] for k in keys})
+
