@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install book chapters html test test-fast bench organism clean
+.PHONY: install book chapters html lint test test-fast bench organism clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,7 +35,10 @@ html: install
 book: chapters html
 	@echo "book built: book/_build/html/index.html"
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -14,9 +14,9 @@ GPUs that support it, fp32 otherwise). Regimes:
 * ``lora``        — peft LoRA r=8, alpha=16 on q_proj/v_proj;  ``full`` — every parameter.
 
 Prints one `name = value` line per figure, including `shft_step_over_lora` and `shft_optim_bytes_over_lora`.
-Step time is the median (and the minimum) over the timed steps, measured with all regimes in one process and their steps interleaved
-round-robin (robust to load on a shared machine); parameters, optimizer state and memory come from one fresh
-subprocess per regime; CPU peak memory is the subprocess' peak RSS (ru_maxrss), GPU peak
+Step time is the median (and the minimum) over the timed steps, measured with all regimes in one process and their
+steps interleaved round-robin (robust to load on a shared machine); parameters, optimizer state and memory come from
+one fresh subprocess per regime; CPU peak memory is the subprocess' peak RSS (ru_maxrss), GPU peak
 memory is `torch.cuda.max_memory_allocated` during training.
 """
 
@@ -31,10 +31,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 CONFIGS = {
     "toy": dict(vocab_size=186, hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=8,
@@ -99,6 +95,7 @@ def setup(args, regime: str):
     import torch
 
     from support import finetune as ft
+    from support import training as tr
 
     model = build(args.config, args.device)
     geom = ft.geometry(model)
@@ -119,7 +116,7 @@ def setup(args, regime: str):
     examples = []
     for i in range(8):
         ids = torch.randint(0, CONFIGS[args.config]["vocab_size"], (args.seq_len,), generator=g).tolist()
-        examples.append(ft.SFTExample(str(i), tuple(ids), tuple([-100] * half + ids[half:])))
+        examples.append(tr.SFTExample(str(i), tuple(ids), tuple([-100] * half + ids[half:])))
     return model, heads, examples
 
 
@@ -128,20 +125,21 @@ def memory_worker(args) -> dict:
     import torch
 
     from support import finetune as ft
+    from support import training as tr
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model, heads, examples = setup(args, args.regime)
-    n_train = ft.count_trainable(model)
+    n_train = tr.count_trainable(model)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
     rss0 = _rss_mb()
-    cfg = ft.TrainConfig(lr=5e-5, max_steps=2, grad_accum=args.grad_accum, log_every=10**9)
-    res = ft.train(model, examples, cfg)
+    cfg = tr.TrainConfig(lr=5e-5, max_steps=2, grad_accum=args.grad_accum, log_every=10**9)
+    res = tr.train(model, examples, cfg)
     out = {"trainable_params": n_train, "optim_bytes": res.optimizer_bytes, "heads": len(heads),
            "min_layer": min((l for l, _ in heads), default=-1)}
     if args.regime in ("shft", "shft_matched"):
@@ -163,13 +161,13 @@ def timing_worker(args) -> dict:
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    from support import finetune as ft
+    from support import training as tr
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     total = args.warmup + args.steps
-    cfg = ft.TrainConfig(lr=5e-5, max_steps=total, grad_accum=args.grad_accum)
+    cfg = tr.TrainConfig(lr=5e-5, max_steps=total, grad_accum=args.grad_accum)
     per_step = cfg.batch_size * cfg.grad_accum
     runs = {}
     for r in args.regimes:
@@ -178,19 +176,19 @@ def timing_worker(args) -> dict:
         opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
         runs[r] = (model.train(), examples, params, opt, sched, [])
-    amp = ft.amp_dtype(cfg.precision, dev)
+    amp = tr.amp_dtype(cfg.precision, dev)
     scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
-    order = ft.data_order(8, total * per_step, cfg.seed)
+    order = tr.data_order(8, total * per_step, cfg.seed)
     for step in range(total):
         for r, (model, examples, params, opt, sched, times) in runs.items():
             sync()
             t0 = time.perf_counter()
-            ft._step(model, examples, order[step * per_step:(step + 1) * per_step], cfg, opt, sched, scaler, amp, 0,
+            tr._step(model, examples, order[step * per_step:(step + 1) * per_step], cfg, opt, sched, scaler, amp, 0,
                      dev, params)
             sync()
             times.append(time.perf_counter() - t0)
-    return {r: {"step_ms": 1000 * statistics.median(v[-1][args.warmup:]), "step_ms_min": 1000 * min(v[-1][args.warmup:])}
-            for r, v in runs.items()}
+    return {r: {"step_ms": 1000 * statistics.median(v[-1][args.warmup:]),
+                "step_ms_min": 1000 * min(v[-1][args.warmup:])} for r, v in runs.items()}
 
 
 def _rss_mb() -> float:
@@ -203,10 +201,10 @@ def _peak_rss_mb() -> float:
 
 
 def run_worker(args, worker: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", worker, "--regimes", *args.regimes, "--device", args.device, "--config", args.config,
-           "--heads", str(args.heads), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--grad-accum", str(args.grad_accum), "--threads", str(args.threads),
-           "--seed", str(args.seed)]
+    cmd = [sys.executable, __file__, "--worker", worker, "--regimes", *args.regimes, "--device", args.device,
+           "--config", args.config, "--heads", str(args.heads), "--seq-len", str(args.seq_len),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--grad-accum", str(args.grad_accum),
+           "--threads", str(args.threads), "--seed", str(args.seed)]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:

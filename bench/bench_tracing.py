@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch  # noqa: E402  (after the offline switches above)
 
+from support import decoding, readout  # noqa: E402
 from support import tracing as T  # noqa: E402
 from support.models import load_model, toy_models  # noqa: E402
-from support.organism import generate  # noqa: E402
+from support.toydata import generate  # noqa: E402
 
 
 def default_model() -> str:
@@ -55,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--options", default="A-D")
-    ap.add_argument("--norm", default="raw", choices=T.NORMS)
+    ap.add_argument("--norm", default="raw", choices=readout.NORMS)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: single-token steps of a small model are latency-bound, and extra "
                          "threads only add synchronisation noise on a shared 2-core machine)")
@@ -66,8 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     lm = load_model(args.model or default_model(), device="cpu")
     prompts = [it.prompt for it in generate(args.task, args.n, "test", seed=123)]
-    cfg = T.DecodeConfig(max_new_tokens=args.max_new_tokens)
-    ro = T.build_readout(lm, args.options, norm=args.norm)
+    cfg = decoding.DecodeConfig(max_new_tokens=args.max_new_tokens)
+    ro = readout.build_readout(lm, args.options, norm=args.norm)
     T.plain_decode(lm, prompts[0], cfg)  # warm-up
     T.trace(lm, prompts[0], readout=ro, decode=cfg)
 

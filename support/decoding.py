@@ -195,7 +195,7 @@ def model_device(model) -> torch.device:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256, batch_size: int = 16,
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256, batch_size: int = 16, *,
              sampling: Sampling = GREEDY, progress: bool = False) -> list[str]:
     """Responses to fully formatted prompts (batched, left padding, KV cache), decoded without the prompt.
 

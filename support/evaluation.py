@@ -30,7 +30,7 @@ def evaluate_mc(model: nn.Module, tokenizer, items: Sequence[Any], template: str
                 max_new_tokens: int = 256, batch_size: int = 16, progress: bool = False) -> dict[str, Any]:
     """Generate, parse `Answer: X` (support.prompts.parse_answer) and score; returns metrics + predictions."""
     prompts = [eval_prompt(it, tokenizer, template) for it in items]
-    responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+    responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
     letters = [LETTERS[: len(it.options)] for it in items]
     preds = [parse_answer(r, ls) for r, ls in zip(responses, letters)]
     return {**mc_metrics([it.answer for it in items], preds, "".join(sorted(set("".join(letters))))),

@@ -35,7 +35,8 @@ Every regime trains through `support.training.train` and is evaluated by `suppor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -316,3 +317,59 @@ def prepare(regime: str, model: nn.Module, heads: Sequence[Any] | None = None, i
         p.requires_grad_(regime == "full")
     return Prepared(regime, model)
 
+
+
+# ----------------------------------------------------------------------------------------------- one regime
+def run_name(regime: str, heads: Sequence[Head], train_seed: int, tag: str = "") -> str:
+    """Run-directory name of one training run, e.g. `wh-M6-s0` or `full-s1`."""
+    return f"{regime}{tag}-M{len(heads)}-s{train_seed}" if heads else f"{regime}-s{train_seed}"
+
+
+def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_items: Sequence[Any], cfg: Any,
+               out: Path, prov: Mapping[str, Any], heads: Sequence[Any] | None = None, *,
+               train_dtype: str = "float32", template: str = "model", max_new_tokens: int = 256,
+               lora_r: int = 8, lora_alpha: int = 16, ppl_texts: Sequence[str] | None = None,
+               keep: bool = False, eval_batch_size: int = 64) -> tuple[dict, nn.Module | None]:
+    """Train one regime from a fresh copy of the model, save what it trained, evaluate it: (result row, model).
+
+    A finished run in `out` is reloaded instead of retrained (`support.training.train`). The row holds accuracy,
+    macro recall and F1, invalid answers, trainable parameters, the final loss and, with `ppl_texts`, perplexity.
+    `keep=True` returns the model too, with SHFT deltas merged (tracing reads W_O from the weights).
+    """
+    from .artifacts import write_tensors
+    from .evaluation import evaluate_mc, perplexity
+    from .models import load_plain
+    from .training import build_dataset, train
+
+    hf, tok = load_plain(model_name, dtype=train_dtype)
+    torch.manual_seed(cfg.seed)  # LoRA's A initialisation
+    prep = prepare(regime, hf, heads, lora_r=lora_r, lora_alpha=lora_alpha)
+    prov = {**prov, "params": {**prov.get("params", {}), "regime": regime, "heads": prep.heads,
+                               "train_seed": cfg.seed}}
+    n_trainable = prep.n_trainable
+    res = train(hf, build_dataset(train_items, tok, cfg.max_length, template), cfg,
+                out_dir=out if n_trainable else None, prov=prov)
+    state = prep.trainable_state()
+    if state:
+        write_tensors(Path(out) / "adapter.safetensors", state, prov)
+    model = prep.finish()
+    ev = evaluate_mc(model, tok, eval_items, template, max_new_tokens, batch_size=eval_batch_size)
+    row = {"regime": REGIME_LABELS[regime], "key": regime, "seed": cfg.seed, "M": len(prep.heads) or None,
+           "trainable": n_trainable, "acc": ev["acc"], "rec": ev["rec"], "f1": ev["f1"], "invalid": ev["n_invalid"],
+           "final loss": res.final_loss, "train s": round(res.seconds, 1)}
+    if ppl_texts is not None:
+        row["ppl"] = perplexity(model, tok, ppl_texts, cfg.max_length)
+    if not keep:
+        return row, None
+    if prep.shft is not None:
+        prep.finish(merge=True)
+    return row, model
+
+
+def regime_table(df: Any, tasks: Sequence[str]) -> Any:
+    """Table 1's layout: regimes as rows (the paper's order), (task, metric) columns for rec, f1, acc and invalid."""
+    order = [REGIME_LABELS[r] for r in REGIMES]
+    t = df.pivot_table(index="regime", columns="task", values=["rec", "f1", "acc", "invalid"], aggfunc="first")
+    t = t.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0)
+    cols = [(task, m) for task in tasks for m in ("rec", "f1", "acc", "invalid")]
+    return t.reindex(index=order)[cols]

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .artifacts import PROJECT_ROOT, file_hash
+from .errors import ParameterError
 
 ORGANISM_DIR = PROJECT_ROOT / "data" / "organism"
 TOKENIZER_SUBDIR = "tokenizer"
@@ -32,8 +33,8 @@ KNOWN_HUB_MODELS = (
 )
 
 
-class UnknownModelError(ValueError):
-    """The model name is neither an embedded toy, a local directory, nor a hub name."""
+class UnknownModelError(ParameterError):
+    """The model name is neither an embedded toy, a local directory, nor a hub name (a ValueError)."""
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Chapter parameters: one schema, checked once at the top of every chapter before any model loads.
 
 Each chapter's parameter names come from its notebook's `parameters` cell; their types, ranges and choices live in
-`SCHEMA` below. `validate(chapter, namespace)` fails at once with one clear error naming the valid choices or range.
-Cross-parameter rules (e.g. a head budget larger than the model's L·H) are checked where the model is known
-(`check_budget`).
+`schema.yaml` beside this file (loaded into `SCHEMA`). `validate(chapter, namespace)` fails at once with one clear
+error naming the valid choices or range. Cross-parameter rules (e.g. a head budget larger than the model's L·H) are
+checked where the model is known (`support.heads.check_budget`).
 """
 
 from __future__ import annotations
@@ -105,80 +105,30 @@ def _norms() -> tuple:
     return NORMS
 
 
-COMMON = {
-    "profile": Param(str, _profiles, doc="profile the defaults came from (informational)"),
-    "run_dir": Param(str, doc="run directory where chapters exchange artifacts"),
-    "seed": Param(int, lo=0, doc="global seed"),
-}
-
-SCHEMA: dict[str, dict[str, Param]] = {
-    "00_model_organism": {
-        **COMMON,
-        "model_name": Param(str, _models, doc="model to inspect"),
-        "n_eval": Param(int, lo=1, hi=5000, doc="held-out items per toy task"),
-        "n_examples": Param(int, lo=1, hi=20, doc="example generations to show"),
-    },
-}
-
-SCHEMA["01_tracing"] = {
-    **COMMON,
-    "model_name": Param(str, _models, doc="model to trace"),
-    "tasks": Param(list, _tasks, item_kind=str, doc="tasks to trace; the first is the primary task"),
-    "n_probe": Param(int, lo=4, hi=1000, doc="traced examples of the primary task (the probe pool)"),
-    "n_probe_other": Param(int, lo=2, hi=1000, doc="traced examples of every other task"),
-    "norm": Param(str, _norms, doc="readout: the paper's raw logit lens or final RMSNorm on each head's output"),
-    "beta": Param(float, lo=0.0, lo_open=True, doc="inverse temperature of Eq. 2"),
-    "max_new_tokens": Param(int, lo=1, hi=4096, doc="decoding cap (App. F: 256)"),
-    "template": Param(str, _TEMPLATES, doc="chat template for real datasets (App. B.2)"),
-    "n_compare": Param(int, lo=0, hi=1000, doc="primary-task examples also traced with the other readout"),
-    "n_show": Param(int, lo=1, hi=8, doc="examples shown as heatmaps"),
-    "topk": Param(int, lo=2, hi=50, doc="size of the dynamic top-k option set (App. H.5 path 1)"),
-}
-
-SCHEMA["02_head_selection"] = {
-    **COMMON,
-    "model_name": Param(str, _models, doc="model whose traces are read (must match chapter 01's)"),
-    "tasks": Param(list, _tasks, item_kind=str, doc="tasks traced by chapter 01; the first is the primary task"),
-    "norm": Param(str, _norms, doc="which readout's traces to select from"),
-    "n_probe": Param(int, lo=4, hi=1000, doc="probe-set size N (paper: 40)"),
-    "probe_sizes": Param(list, lo=1, hi=1000, item_kind=int, doc="N values compared with n_probe (paper: 20, 60)"),
-    "M": Param(int, lo=1, hi=100000, doc="head budget (paper: 30); must not exceed L·H"),
-    "n_splits": Param(int, lo=1, hi=100000, doc="random split-half partitions (paper: 200)"),
-    "n_draws": Param(int, lo=1, hi=10000, doc="random probe draws for the probe-size analysis"),
-    "tau_low": Param(float, lo=0.0, hi=1.0, doc="steadfast threshold (App. F: 0.05)"),
-    "alpha_low": Param(float, lo=0.0, hi=1.0, doc="steadfast share of steps (App. F: 0.6)"),
-    "c_low": Param(int, lo=1, hi=4096, doc="steadfast minimal run length (App. F: 10)"),
-    "mu_low": Param(float, lo=0.0, hi=1.0, doc="steadfast mean bound (App. F: 0.25)"),
-    "tau_high": Param(float, lo=0.0, hi=1.0, doc="wavering threshold (ours; paper gives none)"),
-    "alpha_high": Param(float, lo=0.0, hi=1.0, doc="wavering share of steps (ours)"),
-    "c_high": Param(int, lo=1, hi=4096, doc="wavering minimal run length (ours)"),
-    "mu_high": Param(float, lo=0.0, hi=1.0, doc="wavering mean bound (ours)"),
-}
+SCHEMA_FILE = Path(__file__).with_name("schema.yaml")
+_KINDS = {"str": str, "int": int, "float": float, "list": list, "bool": bool}
+_DYNAMIC = {"models": _models, "tasks": _tasks, "norms": _norms, "profiles": _profiles, "templates": _TEMPLATES}
 
 
-SCHEMA["04_selective_sft"] = {
-    **COMMON,
-    "model_name": Param(str, _models, doc="model to fine-tune (must match chapters 01-02's)"),
-    "tasks": Param(list, _tasks, item_kind=str, doc="tasks with chapter-02 head sets; the first is the primary task"),
-    "n_train": Param(int, lo=1, hi=1000000, doc="SFT items per task"),
-    "n_eval": Param(int, lo=1, hi=100000, doc="held-out evaluation items per task"),
-    "epochs": Param(float, lo=0.0, lo_open=True, doc="training epochs (App. E: 10); max_steps > 0 overrides"),
-    "max_steps": Param(int, lo=0, doc="optimizer steps (0: derive from epochs)"),
-    "lr": Param(float, lo=0.0, lo_open=True, hi=1.0, doc="learning rate (App. E: 5e-5)"),
-    "grad_accum": Param(int, lo=1, hi=4096, doc="gradient accumulation with batch 1 (App. E: 8)"),
-    "max_length": Param(int, lo=16, hi=131072, doc="max tokens, truncated from the left (App. E: 1024)"),
-    "train_dtype": Param(str, ("float32", "bfloat16"), doc="weights while training"),
-    "n_seeds": Param(int, lo=1, hi=20, doc="training seeds (App. H.2: 3)"),
-    "n_draws": Param(int, lo=1, hi=20, doc="random-head draws (App. H.3: 3)"),
-    "budgets": Param(list, lo=1, item_kind=int, doc="head budgets for Fig. 4 (paper: 5-50); each must be ≤ L·H"),
-    "n_probe": Param(int, lo=2, hi=1000, doc="probe prompts retraced before/after training (Fig. 5)"),
-    "n_ppl": Param(int, lo=1, hi=100000, doc="general texts per source for perplexity (Table 2)"),
-    "max_new_tokens": Param(int, lo=1, hi=4096, doc="evaluation decoding cap"),
-    "template": Param(str, _TEMPLATES, doc="chat template for real datasets (App. B.2)"),
-    "lora_r": Param(int, lo=1, hi=1024, doc="LoRA rank (App. E: 8)"),
-    "lora_alpha": Param(int, lo=1, hi=4096, doc="LoRA alpha (App. E: 16)"),
-    "save_every": Param(int, lo=0, doc="checkpoint every N optimizer steps (0: final state only)"),
-}
+def _param(spec: Mapping[str, Any]) -> Param:
+    """One schema.yaml entry -> Param (a named `choices` list is resolved lazily, when a value is checked)."""
+    ch = spec.get("choices")
+    return Param(kind=_KINDS[spec["type"]], choices=_DYNAMIC[ch] if isinstance(ch, str) else
+                 (tuple(ch) if ch is not None else None), lo=spec.get("lo"), hi=spec.get("hi"),
+                 lo_open=bool(spec.get("lo_open", False)), doc=spec.get("doc", ""),
+                 item_kind=_KINDS[spec["items"]] if "items" in spec else None)
+
+
+def _load_schema() -> tuple[dict[str, Param], dict[str, dict[str, Param]]]:
+    import yaml
+
+    raw = yaml.safe_load(SCHEMA_FILE.read_text())
+    common = {k: _param(v) for k, v in raw.pop("common").items()}
+    return common, {ch: {**common, **{k: _param(v) for k, v in spec.items()}} for ch, spec in raw.items()}
+
+
+COMMON, SCHEMA = _load_schema()
+
 
 def validate(chapter: str, namespace: Mapping[str, Any]) -> Mapping[str, Any]:
     """Check the chapter's parameters (read from `namespace`, e.g. `globals()`); return them as a read-only map."""

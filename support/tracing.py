@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .artifacts import ProvenanceError, provenance, read_json, read_tensors, write_json, write_tensors
@@ -279,13 +280,14 @@ class ProbeSet:
     options: str | tuple[str, ...]
     answers: list[str]
     skipped: int = 0  # malformed dataset rows skipped under support.tasks' policy (shown by chapter 01)
+    items: list = field(default_factory=list)  # the records themselves, for `support.scoring.score`
 
 
 def probe_set(task: str, n: int, seed: int = 0, template: str = "chatml", tokenizer=None,
               split: str | None = None) -> ProbeSet:
     """A probe set of `n` examples (Sec. 3.3, D_probe).
 
-    Toy tasks come from `support.organism.generate` (held-out split, seed 1000 + seed so the probe is not the first
+    Toy tasks come from `support.toydata.generate` (held-out split, seed 1000 + seed so the probe is not the first
     evaluation items); real multiple-choice tasks from `support.tasks.load_task` (the dev split where one exists),
     restricted to the most common option count (so |K| is fixed), sampled with `seed` and formatted with the
     App. B prompt in `template`.
@@ -295,11 +297,11 @@ def probe_set(task: str, n: int, seed: int = 0, template: str = "chatml", tokeni
     if n < 1:
         raise ValueError(f"empty probe set: n must be >= 1, got {n}")
     if task in TOY_OPTIONS:
-        from .organism import generate
+        from .toydata import generate
 
         items = generate(task, n, split or "test", seed=1000 + seed)
         return ProbeSet(task, [it.id for it in items], [it.prompt for it in items], TOY_OPTIONS[task],
-                        [it.answer for it in items])
+                        [it.answer for it in items], items=items)
     from .prompts import format_mc_prompt
     from .tasks import MCItem, load_task
 
@@ -318,10 +320,34 @@ def probe_set(task: str, n: int, seed: int = 0, template: str = "chatml", tokeni
     letters = tuple("ABCDEFGHIJ"[:k])
     return ProbeSet(task, [it.id for it in items],
                     [format_mc_prompt(it.question, it.options, template, tokenizer) for it in items],
-                    letters, [it.answer for it in items], skipped=len(res.skipped))
+                    letters, [it.answer for it in items], skipped=len(res.skipped), items=items)
 
 
 def trace_dir(run_dir: Path | str, task: str, norm: str = "raw") -> Path:
     """Where chapter 01 writes (and chapter 02 reads) a task's traces: `<run_dir>/traces/<task>/<norm>/`."""
     check_norm(norm)
     return Path(run_dir) / "traces" / task / norm
+
+
+# ----------------------------------------------------------------------------------------------- per-head summaries
+def top_option_persistence(logits: torch.Tensor) -> float:
+    """Share of decoding steps whose top option is the head's most frequent top option ([T, |K|] logits of one head).
+
+    1.0 for a head that backs one option throughout (steadfast-like), near 1/|K| for one with no persistent winner.
+    """
+    top = logits.argmax(-1)
+    return float((top == top.mode().values).float().mean())
+
+
+@torch.no_grad()
+def head_output_norms(lm, prompt: str, tokens: Sequence[int]) -> np.ndarray:
+    """[L, H] mean norm |o| of each head's output over the positions that predicted the generated `tokens`.
+
+    One forward pass over prompt + generation through the bridge (`hook_result`, per query head).
+    """
+    ids = encode_prompt(lm, prompt)
+    full = torch.cat([ids, torch.tensor([list(tokens)], device=ids.device)], 1)
+    _, cache = lm.bridge.run_with_cache(full, names_filter=lambda n: n.endswith("attn.hook_result"))
+    start = ids.shape[1] - 1
+    return np.stack([cache[f"blocks.{l}.attn.hook_result"][0, start:-1].float().norm(dim=-1).mean(0).cpu().numpy()
+                     for l in range(lm.n_layers)])

@@ -32,7 +32,7 @@ def test_source_is_output_free_and_follows_the_chapter_shape(path):
     assert first.cell_type == "markdown" and "colab-badge.svg" in first.source
     assert f"notebooks/{path.name}" in first.source
     assert "google.colab" in code[0].source  # setup cell installs only on Colab
-    assert "params.validate(" in code[2].source  # parameters are validated before anything else
+    assert f"chapter.start(\"{path.stem}\"" in code[2].source  # parameters are validated before anything else
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "## What we measured" in text and "## Try it at scale" in text
     assert "sys.path" not in "\n".join(c.source for c in code)

@@ -1,0 +1,116 @@
+"""The papers' own numbers, each with the table or figure it comes from: every "paper's" column and verdict reads here.
+
+Sources (full texts in `../shared/papers/`):
+
+- **000**: Dynamic Entropy Tracing and Selective Head Fine-Tuning (LLaMA-2-7B-chat and Qwen3-8B);
+- **001**: Thinking Sparks (EAP-IG circuits across post-training);
+- **003**: Preplan-and-Anchor (WAAD, FAI, attention-credit GRPO).
+
+Nothing here is measured by us; chapters print these beside their own measurements, labelled as the paper's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LLAMA2 = "LLaMA-2-7B-chat"
+QWEN3 = "Qwen3-8B"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One reported number (or range, or qualitative finding) and where the paper reports it."""
+
+    value: Any
+    source: str  # e.g. "000 Fig. 3"
+    model: str = ""
+    note: str = ""
+
+    def __str__(self) -> str:
+        v = f"{self.value[0]}–{self.value[1]}" if isinstance(self.value, tuple) else str(self.value)
+        where = ", ".join(x for x in (self.model, self.source) if x)
+        return f"{v} ({where})" if where else v
+
+
+# ----------------------------------------------------------------------------------------------- paper 000
+#: Head budget and probe-set size (Sec. 3.3, App. F).
+BUDGET_M = Ref(30, "000 Sec. 3.3", note="of 1024 (LLaMA-2) or 1152 (Qwen3) heads")
+PROBE_N = Ref(40, "000 Sec. 3.3")
+#: Split-half stability of per-head mean entropy (Sec. 3.3, Fig. 3).
+SPLIT_HALF_RHO = Ref(0.973, "000 Fig. 3", LLAMA2)
+SPLIT_HALF_IQR = Ref((0.969, 0.975), "000 Fig. 3", LLAMA2)
+#: Candidate frequency distribution (App. C, Fig. 6): a heavy tail.
+FREQUENCY_CORE = Ref("a compact core", "000 App. C, Fig. 6", note="candidates on most probe examples, often F > 0.75")
+#: The qualitative dichotomy of the entropy heatmaps (Fig. 2, 7, 8).
+DICHOTOMY = {
+    "white": Ref("several, as white bands", "000 Fig. 2, 7, 8"),
+    "blue": Ref("several, as blue bands", "000 Fig. 2, 7, 8"),
+    "raw_range": Ref("not reported", "000 Fig. 2, 7, 8"),
+    "persistence": Ref("stable vs no persistent winner", "000 Fig. 2, 7, 8"),
+}
+#: Overlap of the top-30 wavering set selected on N examples with the one selected on 40 (App. H.4).
+PROBE_SIZE_OVERLAP = {
+    20: {LLAMA2: Ref("83.3%", "000 Table 8", LLAMA2), QWEN3: Ref("86.7%", "000 Table 9", QWEN3)},
+    60: {LLAMA2: Ref("90.0%", "000 Table 8", LLAMA2), QWEN3: Ref("93.3%", "000 Table 9", QWEN3)},
+}
+#: Cross-task overlap of top-30 wavering sets (App. H.1, Table 3).
+CROSS_TASK_OVERLAP = {
+    LLAMA2: {"CoT <-> AQUA": "80.0%", "CoT <-> ARC": "63.3%", "AQUA <-> ARC": "60.0%", "three-way": "56.7%"},
+    QWEN3: {"CoT <-> AQUA": "60.0%", "CoT <-> ARC": "66.7%", "AQUA <-> ARC": "53.3%", "three-way": "53.3%"},
+}
+CROSS_TASK_RANGE = Ref("53–80%", "000 Table 3")
+
+#: Table 1 (M = 30): recall, F1, accuracy per dataset (in TABLE1_DATASETS order), per model and regime.
+TABLE1_DATASETS = ("CoT-Collection", "AQUA-RAT", "arc-cot")
+_TABLE1_TEXT = """
+LLaMA-2-7B-chat | base        | 0.467 0.423 0.542 | 0.239 0.151 0.204 | 0.435 0.423 0.440
+LLaMA-2-7B-chat | Full SFT    | 0.594 0.574 0.709 | 0.272 0.274 0.275 | 0.566 0.567 0.570
+LLaMA-2-7B-chat | LoRA        | 0.526 0.539 0.672 | 0.179 0.197 0.188 | 0.573 0.611 0.591
+LLaMA-2-7B-chat | Random-head | 0.524 0.525 0.664 | 0.226 0.240 0.229 | 0.550 0.551 0.556
+LLaMA-2-7B-chat | SH-only     | 0.542 0.545 0.659 | 0.240 0.267 0.244 | 0.475 0.476 0.480
+LLaMA-2-7B-chat | WH-only     | 0.577 0.578 0.696 | 0.245 0.253 0.259 | 0.581 0.582 0.590
+Qwen3-8B        | base        | 0.594 0.599 0.793 | 0.519 0.516 0.531 | 0.716 0.745 0.710
+Qwen3-8B        | Full SFT    | 0.693 0.668 0.829 | 0.564 0.563 0.555 | 0.802 0.794 0.790
+Qwen3-8B        | LoRA        | 0.701 0.692 0.857 | 0.608 0.607 0.614 | 0.802 0.801 0.790
+Qwen3-8B        | Random-head | 0.713 0.689 0.845 | 0.593 0.590 0.599 | 0.804 0.797 0.793
+Qwen3-8B        | SH-only     | 0.693 0.680 0.822 | 0.600 0.590 0.594 | 0.782 0.773 0.770
+Qwen3-8B        | WH-only     | 0.705 0.698 0.849 | 0.614 0.603 0.612 | 0.810 0.804 0.800
+"""
+TABLE1 = {(row[0].strip(), row[1].strip()): tuple(float(x) for x in " ".join(row[2:]).split())
+          for row in (line.split("|") for line in _TABLE1_TEXT.strip().splitlines())}
+#: The hierarchy Table 1 supports: WH ≈ Full > LoRA > Random > SH, and WH > SH, WH > base.
+HIERARCHY = (("WH-only", "≈", "Full SFT"), ("Full SFT", ">", "LoRA"), ("LoRA", ">", "Random-head"),
+             ("Random-head", ">", "SH-only"), ("WH-only", ">", "SH-only"), ("WH-only", ">", "base"))
+#: Accuracy over 3 training seeds (App. H.2, Table 6; LLaMA-2, CoT-Collection).
+TABLE6_SEEDS = {"Full SFT": "0.706 ± 0.011", "WH-only": "0.693 ± 0.008", "SH-only": "0.656 ± 0.010",
+                "Random-head": "0.660 ± 0.014"}
+#: Random-head draws (App. H.3, Table 7; LLaMA-2, CoT-Collection, 3 draws of 30 heads).
+TABLE7_DRAWS = Ref("0.662 ± 0.012, best < WH-only 0.696", "000 Table 7", LLAMA2)
+#: Entropy drop after SHFT (Fig. 5): means, Mann-Whitney p, rank-biserial r and Cliff's δ.
+FIG5 = {"mean_wh": 0.098, "mean_sh": 0.012, "p": "< 0.05", "r_rb": 0.313, "cliffs_delta": 0.354}
+#: WikiText perplexity after each regime (Table 2), "LLaMA-2 / Qwen3".
+TABLE2_PPL = {"base": "13.496 / 22.808", "Full SFT": "47.550 / 60.191", "WH-only": "13.058 / 18.837",
+              "LoRA": "12.651 / 17.556"}
+#: Fig. 4: accuracy against head budget.
+FIG4 = Ref("WH rises and saturates near M = 30 of 1024 heads, SH stays flat", "000 Fig. 4", LLAMA2)
+
+
+def table1_frame():
+    """Table 1 as a frame: one row per (model, regime), columns (dataset, metric) with metrics rec, f1, acc."""
+    import pandas as pd
+
+    cols = pd.MultiIndex.from_tuples([("", "model"), ("", "regime")] +
+                                     [(d, m) for d in TABLE1_DATASETS for m in ("rec", "f1", "acc")])
+    return pd.DataFrame([[model, regime, *vals] for (model, regime), vals in TABLE1.items()], columns=cols)
+
+
+def probe_size_ref(n: int, model: str) -> str:
+    """Table 8/9's overlap for probe size `n` and `model`, or "–" where the paper has none."""
+    ref = PROBE_SIZE_OVERLAP.get(n, {}).get(model)
+    return str(ref.value) if ref else "–"
+
+
+def cross_task_text() -> str:
+    """Table 3 in one line, both models."""
+    return "; ".join(f"{m}: " + ", ".join(f"{k} {v}" for k, v in row.items()) for m, row in CROSS_TASK_OVERLAP.items())

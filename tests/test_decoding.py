@@ -1,0 +1,65 @@
+"""support.decoding: batched greedy and sampled generation on the model's device; one stepwise greedy loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from support import decoding
+from support.toydata import generate
+
+
+@pytest.fixture(scope="module")
+def items():
+    return generate("toy_mc4", 6, "test", seed=3)
+
+
+def test_batched_greedy_equals_one_at_a_time(toy, items):
+    prompts = [it.prompt for it in items]
+    batched = decoding.generate(toy.hf_model, toy.tokenizer, prompts, max_new_tokens=24, batch_size=6)
+    single = [decoding.generate(toy.hf_model, toy.tokenizer, [p], max_new_tokens=24)[0] for p in prompts]
+    assert batched == single and all(r.strip() for r in batched)
+
+
+def test_batched_greedy_matches_the_stepwise_loop(toy, items):
+    cfg = decoding.DecodeConfig(max_new_tokens=24)
+    for it in items[:3]:
+        dec = decoding.greedy_decode(toy, decoding.encode_prompt(toy, it.prompt), cfg)
+        text = toy.tokenizer.decode(dec.tokens, skip_special_tokens=True)
+        assert text == decoding.generate(toy.hf_model, toy.tokenizer, [it.prompt], max_new_tokens=24)[0]
+
+
+def test_sampling_is_seeded_and_differs_from_greedy(toy, items):
+    prompts = [it.prompt for it in items] * 4
+    hot = decoding.Sampling(do_sample=True, temperature=1.5, top_p=1.0, seed=7)
+    a = decoding.generate(toy.hf_model, toy.tokenizer, prompts, 24, batch_size=8, sampling=hot)
+    b = decoding.generate(toy.hf_model, toy.tokenizer, prompts, 24, batch_size=8, sampling=hot)
+    greedy = decoding.generate(toy.hf_model, toy.tokenizer, prompts, 24, batch_size=8)
+    assert a == b and a != greedy
+
+
+@pytest.mark.parametrize("kw,match", [(dict(temperature=0), "temperature must be > 0"),
+                                      (dict(top_p=1.5), r"top_p must be in \(0, 1\]")])
+def test_bad_sampling_settings_fail_clearly(kw, match):
+    with pytest.raises(ValueError, match=match):
+        decoding.Sampling(do_sample=True, **kw)
+
+
+def test_bad_lengths_fail_before_generating(toy):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        decoding.generate(toy.hf_model, toy.tokenizer, ["x"], max_new_tokens=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        decoding.generate(toy.hf_model, toy.tokenizer, ["x"], batch_size=0)
+
+
+def test_inputs_follow_the_model_device(toy, monkeypatch):
+    seen = []
+    orig = toy.hf_model.generate
+
+    def spy(**kw):
+        seen.append(kw["input_ids"].device)
+        return orig(**kw)
+
+    monkeypatch.setattr(toy.hf_model, "generate", spy)
+    decoding.generate(toy.hf_model, toy.tokenizer, ["What is 1 + 2 ?"], max_new_tokens=2)
+    assert seen == [decoding.model_device(toy.hf_model)] and seen[0] == torch.device("cpu")
