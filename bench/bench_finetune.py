@@ -4,7 +4,7 @@
     python bench/bench_finetune.py --device cuda --config qwen2.5-0.5b         # real-size random Qwen2.5-0.5B
 
 Each regime runs in a fresh subprocess (clean peak-memory accounting) on random weights built from the config,
-through `support.finetune.train` (App. E loop: batch 1, gradient accumulation, AdamW, cosine; bf16 autocast on
+through `support.training.train` (App. E loop: batch 1, gradient accumulation, AdamW, cosine; bf16 autocast on
 GPUs that support it, fp32 otherwise). Regimes:
 
 * ``shft``        — SHFT on M random heads (slice deltas; the book's implementation);
@@ -155,7 +155,7 @@ def memory_worker(args) -> dict:
 
 def timing_worker(args) -> dict:
     """Median optimizer-step time per regime, all regimes in one process, steps interleaved round-robin
-    (so load changes on a shared machine hit every regime alike). Same loop as `support.finetune.train`."""
+    (so load changes on a shared machine hit every regime alike). Same loop as `support.training.train`."""
     import math
 
     import torch

@@ -5,5 +5,9 @@ import warnings as _warnings
 # tqdm.auto warns once per kernel when ipywidgets is absent; progress bars are off in rendered chapters anyway.
 _warnings.filterwarnings("ignore", message="IProgress not found")
 
-__all__ = ["artifacts", "models", "prompts", "organism", "tasks", "tracing", "selection", "finetune", "plots",
-           "params", "run"]
+#: The modules, by layer (lowest first; see README "The package, layer by layer" and tests/test_layering.py).
+__all__ = ["errors", "artifacts", "prompts", "scoring", "papers",
+           "heads", "records", "toydata", "tasks",
+           "models", "decoding", "readout", "training",
+           "tracing", "selection", "finetune", "evaluation", "organism",
+           "plots", "params", "chapter", "run"]

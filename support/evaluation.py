@@ -28,7 +28,7 @@ def eval_prompt(item: Any, tokenizer=None, template: str = "model") -> str:
 
 def evaluate_mc(model: nn.Module, tokenizer, items: Sequence[Any], template: str = "model",
                 max_new_tokens: int = 256, batch_size: int = 16, progress: bool = False) -> dict[str, Any]:
-    """Generate, parse `Answer: X` (support.prompts.parse_answer) and score; returns metrics + predictions."""
+    """Generate, parse `Answer: X` (support.scoring.parse_answer) and score; returns metrics + predictions."""
     prompts = [eval_prompt(it, tokenizer, template) for it in items]
     responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
     letters = [LETTERS[: len(it.options)] for it in items]

@@ -47,6 +47,9 @@ def import_graph() -> dict[str, set[str]]:
 def test_every_module_has_a_layer():
     mods = {p.stem for p in PKG.glob("*.py")} - {"__init__"}
     assert mods == set(LAYER), f"unplaced: {mods - set(LAYER)}, gone: {set(LAYER) - mods}"
+    import support
+
+    assert set(support.__all__) == mods
 
 
 def test_import_graph_has_no_cycle():
