@@ -63,3 +63,15 @@ def test_inputs_follow_the_model_device(toy, monkeypatch):
     monkeypatch.setattr(toy.hf_model, "generate", spy)
     decoding.generate(toy.hf_model, toy.tokenizer, ["What is 1 + 2 ?"], max_new_tokens=2)
     assert seen == [decoding.model_device(toy.hf_model)] and seen[0] == torch.device("cpu")
+
+
+def test_generate_on_the_bridged_model_equals_the_plain_model(toy):
+    """HF generate() through a TransformerBridge-wrapped model must match the plain model (transformers 5.24 broke
+    this: every step repeated the first token, which is why pyproject caps transformers below 5.24)."""
+    from support.decoding import generate
+    from support.models import load_plain
+    from support.toydata import generate as toy_items
+
+    plain, tok = load_plain("toy-qwen2", device="cpu")
+    prompts = [it.prompt for it in toy_items("toy_countdown", 3, "test")]
+    assert generate(toy.hf_model, toy.tokenizer, prompts, 24) == generate(plain, tok, prompts, 24)
