@@ -486,3 +486,148 @@ def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_ste
         cfg["steps_per_generation"] = steps_per_generation
     cfg.update(overrides)
     return GRPOConfig(**cfg)
+
+
+# ----------------------------------------------------------------------------------------------- runs
+def policy(model_name: str, device: str | None = None):
+    """(HF policy, tokenizer) for GRPO: the plain model (no bridge), with eos and pad ids set from the tokenizer
+    (the organism's config carries none; generation must stop at `<|im_end|>`)."""
+    from .models import load_plain
+
+    model, tok = load_plain(model_name, device=device, dtype="float32")
+    eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.convert_ids_to_tokens(pad)
+    for cfg in (model.config, model.generation_config):
+        cfg.eos_token_id, cfg.pad_token_id = eos, pad
+    return model, tok
+
+
+def prompt_rows(items: Sequence[Any], tokenizer=None, template: str = "model") -> list[dict]:
+    """GRPO dataset rows: the evaluation prompt (`support.evaluation.eval_prompt`) plus the columns the reward reads."""
+    from .evaluation import eval_prompt
+    from .scoring import family
+
+    fams = {family(it) for it in items}
+    if len(fams) != 1:
+        raise ParameterError(f"one GRPO run trains one answer family; these items mix {sorted(fams)}")
+    rows = []
+    for it in items:
+        row = {"prompt": eval_prompt(it, tokenizer, template), "id": str(getattr(it, "id", len(rows))),
+               "answer": str(getattr(it, "answer", ""))}
+        if getattr(it, "numbers", None):
+            row |= {"numbers": [int(x) for x in it.numbers], "target": int(it.target)}
+        if getattr(it, "options", None):
+            row["options"] = [str(o) for o in it.options]
+        rows.append(row)
+    return rows
+
+
+def policy_accuracy(model, tokenizer, items: Sequence[Any], prompts: Sequence[str], max_new_tokens: int,
+                    sampled: bool = False, seed: int = 0, batch_size: int = 64) -> float:
+    """Held-out accuracy of the current policy: greedy, or one sample at T = 1 (the training temperature)."""
+    from .decoding import Sampling, generate
+    from .scoring import accuracy
+
+    sampling = Sampling(do_sample=True, temperature=1.0, seed=seed) if sampled else Sampling()
+    was = model.training
+    try:
+        responses = generate(model, tokenizer, list(prompts), max_new_tokens, batch_size, sampling=sampling)
+    finally:
+        model.train(was)
+    return accuracy(items, responses)
+
+
+def _eval_callback(items: Sequence[Any], prompts: Sequence[str], tokenizer, every: int, max_new_tokens: int,
+                   seed: int, log: list[dict]):
+    """A TrainerCallback recording greedy and sampled held-out accuracy at step 0 and every `every` steps."""
+    from transformers import TrainerCallback
+
+    class HeldOut(TrainerCallback):
+        def _eval(self, step: int, model) -> None:
+            if any(r["step"] == step for r in log):
+                return
+            t0 = time.perf_counter()
+            log.append({"step": step,
+                        "greedy": policy_accuracy(model, tokenizer, items, prompts, max_new_tokens),
+                        "sampled": policy_accuracy(model, tokenizer, items, prompts, max_new_tokens, True, seed + step),
+                        "eval_seconds": round(time.perf_counter() - t0, 2)})
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self.start_step = state.global_step  # > 0 when resumed from a checkpoint
+            self._eval(state.global_step, model)
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                self._eval(state.global_step, model)
+
+    return HeldOut()
+
+
+@dataclass
+class GRPORun:
+    """One GRPO run: its folder (checkpoints `checkpoint-<step>`, `run.json`), TRL's log and the held-out curve."""
+
+    out_dir: Path
+    strategy: str
+    seed: int
+    history: list[dict]
+    evals: list[dict]
+    seconds: float
+    model: Any = None
+
+    def final(self, key: str = "greedy") -> float:
+        return float(self.evals[-1][key]) if self.evals else float("nan")
+
+
+def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence[Any], out_dir: str | Path, *,
+               credit: CreditConfig, steps: int, prompts_per_step: int = 16, num_generations: int = 8,
+               max_completion_length: int = 128, learning_rate: float = 1e-4, seed: int = 0, eval_every: int = 10,
+               save_steps: int | None = None, resume: bool = False, template: str = "model",
+               provenance: Mapping[str, Any] | None = None, **config: Any) -> GRPORun:
+    """Train `model_name` with (attention-credit) GRPO on `train_items` and record held-out accuracy.
+
+    Checkpoints (model, optimizer, scheduler, RNG: TRL/transformers' own) go to `out_dir/checkpoint-<step>` every
+    `save_steps`; `resume=True` continues from the last one. `run.json` holds the log, the held-out curve and the
+    provenance (model, dataset ids, parameters, code version) the caller passes."""
+    import json
+
+    from datasets import Dataset
+
+    from .artifacts import write_json
+    from .scoring import family
+
+    if not train_items or not eval_items:
+        raise ParameterError("train_grpo needs training items and held-out items")
+    if steps < 1 or eval_every < 1:
+        raise ParameterError(f"steps and eval_every must be ≥ 1, got {steps!r}, {eval_every!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model, tok = policy(model_name)
+    rows = prompt_rows(train_items, tok, template)
+    eval_prompts = [r["prompt"] for r in prompt_rows(eval_items, tok, template)]
+    evals: list[dict] = []
+    if resume and (out / "run.json").exists():
+        evals = list(json.loads((out / "run.json").read_text())["evals"])
+    cfg = grpo_config(out, max_steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
+                      max_completion_length=max_completion_length, learning_rate=learning_rate, seed=seed,
+                      save_steps=save_steps, logging_steps=1, **config)
+    held_out = _eval_callback(eval_items, eval_prompts, tok, eval_every, max_completion_length, seed, evals)
+    trainer = CreditGRPOTrainer(
+        model=model, reward_funcs=[reward_function(family(train_items[0]))], args=cfg,
+        train_dataset=Dataset.from_list(rows), processing_class=tok, credit=credit, callbacks=[held_out])
+    last = None
+    if resume:
+        ckpts = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+                       key=lambda p: int(p.name.split("-")[1]))  # complete checkpoints only (a kill can cut one)
+        last = str(ckpts[-1]) if ckpts else None
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    run = GRPORun(out, credit.strategy, seed, trainer.state.log_history, evals, time.perf_counter() - t0, model)
+    write_json(out / "run.json", {"strategy": credit.strategy, "credit": credit.__dict__, "seed": seed,
+                                  "history": run.history, "evals": evals, "seconds": run.seconds,
+                                  "resumed_from": last, "started_at_step": held_out.start_step},
+               dict(provenance or {"model": {"name": model_name}, "example_ids": [r["id"] for r in rows]}))
+    return run

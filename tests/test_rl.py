@@ -275,3 +275,48 @@ def test_credit_trainer_trains(tiny, tmp_path, steps_per_generation):
     log = next(r for r in t.state.log_history if "credit/gamma_mean" in r)
     assert log["credit/gamma_mean"] >= 1.0 and 0.0 < log["credit/frac_amplified"] < 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
+
+
+# ----------------------------------------------------------------------------------------------- runs
+RESUME_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from support import rl
+from support.toydata import generate
+items = generate("toy_countdown", 8, split="train", seed=0)
+rl.train_grpo("toy-qwen2", items, items[:4], sys.argv[1], credit=rl.CreditConfig(strategy="coupled"),
+              steps=int(sys.argv[2]), prompts_per_step=2, num_generations=2, max_completion_length=12,
+              eval_every=100, save_steps=1, resume=sys.argv[3] == "resume")
+"""
+
+
+def test_grpo_run_resumes_after_a_kill(tmp_path):
+    """A run killed mid-training continues from its last checkpoint (model, optimizer, RNG) to the planned end."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(out), "1000", "fresh"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run died or wrote no checkpoint"
+        time.sleep(0.5)
+    time.sleep(0.5)  # let checkpoint-2 finish its last files; the process is killed mid-run either way
+    proc.kill()
+    proc.wait()
+    done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")
+                  if (p / "trainer_state.json").exists() and (p / "rng_state.pth").exists())
+    assert done and not (out / "run.json").exists()
+    subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(out), str(done[-1] + 2), "resume"], env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = json.loads((out / "run.json").read_text())
+    assert run["resumed_from"].endswith(f"checkpoint-{done[-1]}")
+    assert run["started_at_step"] == done[-1]  # this process trained only the remaining steps
+    steps = [h["step"] for h in run["history"] if "loss" in h]
+    assert steps == list(range(1, done[-1] + 3))  # the log continues the killed run's, step by step
+    assert run["provenance"]["model"]["name"] == "toy-qwen2"
