@@ -505,16 +505,25 @@ def policy(model_name: str, device: str | None = None):
 
 
 def prompt_rows(items: Sequence[Any], tokenizer=None, template: str = "model") -> list[dict]:
-    """GRPO dataset rows: the evaluation prompt (`support.evaluation.eval_prompt`) plus the columns the reward reads."""
-    from .evaluation import eval_prompt
+    """GRPO dataset rows: the item's prompt plus the columns the reward reads. Toy items carry their own prompt;
+    multiple-choice items get App. B's (`prompts.format_mc_prompt`), Countdown and math items paper 003's
+    (`prompts.format_reasoning_prompt`)."""
+    from .prompts import format_mc_prompt, format_reasoning_prompt
     from .scoring import family
+
+    def prompt(it: Any) -> str:
+        if hasattr(it, "prompt") and hasattr(it, "response"):
+            return it.prompt
+        if getattr(it, "options", None):
+            return format_mc_prompt(it.question, it.options, template, tokenizer)
+        return format_reasoning_prompt(it, template, tokenizer)
 
     fams = {family(it) for it in items}
     if len(fams) != 1:
         raise ParameterError(f"one GRPO run trains one answer family; these items mix {sorted(fams)}")
     rows = []
     for it in items:
-        row = {"prompt": eval_prompt(it, tokenizer, template), "id": str(getattr(it, "id", len(rows))),
+        row = {"prompt": prompt(it), "id": str(getattr(it, "id", len(rows))),
                "answer": str(getattr(it, "answer", ""))}
         if getattr(it, "numbers", None):
             row |= {"numbers": [int(x) for x in it.numbers], "target": int(it.target)}

@@ -320,3 +320,17 @@ def test_grpo_run_resumes_after_a_kill(tmp_path):
     steps = [h["step"] for h in run["history"] if "loss" in h]
     assert steps == list(range(1, done[-1] + 3))  # the log continues the killed run's, step by step
     assert run["provenance"]["model"]["name"] == "toy-qwen2"
+
+
+def test_prompt_rows_for_real_items_and_bad_input():
+    from support.records import CountdownItem, MathItem
+    from support.rl import prompt_rows
+
+    cd = prompt_rows([CountdownItem("c1", (3, 5, 7, 11), 24, "countdown")], None, "chatml")[0]
+    assert "Using the numbers 3, 5, 7, 11, create an equation that equals 24." in cd["prompt"]
+    assert cd["numbers"] == [3, 5, 7, 11] and cd["target"] == 24
+    math_item = MathItem("m1", "What is 2 + 3?", "5", None, "gsm8k")
+    m = prompt_rows([math_item], None, "chatml")[0]
+    assert "\\boxed{}" in m["prompt"] and m["answer"] == "5"
+    with pytest.raises(ParameterError, match="mix"):
+        prompt_rows([CountdownItem("c1", (3, 5, 7, 11), 24, "countdown"), math_item], None, "chatml")
