@@ -420,3 +420,21 @@ def perturb(lm, prompt_ids: Sequence[int], response_ids: Sequence[int], position
                          "forced": tok.convert_ids_to_tokens(v),
                          "jaccard": jaccard(orig, content_tokens(tok.convert_ids_to_tokens(g)))})
     return rows
+
+
+def couplings(rhythms: Sequence[Rhythm], receivers: Sequence[Head], top: float = 0.3, lag: int = 1) -> list[dict]:
+    """The three Table 2 rows (App. A.1 protocols), pooled over the analysed responses."""
+    return [coupling_entropy(rhythms, top), coupling_receiver(rhythms, receivers, top),
+            coupling_follow(rhythms, top, lag)]
+
+
+def perturbation_summary(trials: Sequence[dict]) -> dict:
+    """Table 1 from per-example trials {"top": [jaccard, ...], "bottom": [...]}: mean Jaccard of the top- and
+    bottom-FAI roll-outs, and the share of examples whose top mean is lower than their bottom mean."""
+    ok = [t for t in trials if t["top"] and t["bottom"]]
+    if not ok:
+        raise ValueError("no example had both top- and bottom-FAI perturbations")
+    top = [float(np.mean(t["top"])) for t in ok]
+    bottom = [float(np.mean(t["bottom"])) for t in ok]
+    return {"top_jaccard": float(np.mean(top)), "bottom_jaccard": float(np.mean(bottom)),
+            "pr_top_lt_bottom": float(np.mean([a < b for a, b in zip(top, bottom)])), "n_examples": len(ok)}

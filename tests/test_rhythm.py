@@ -201,3 +201,12 @@ def test_analyse_and_perturb_on_the_organism(toy):
     top, bottom = rhythm.fai_positions(rh.fai, n=1)
     rows = rhythm.perturb(toy, p, r, top + bottom, k=2, max_new_tokens=16)
     assert len(rows) == 4 and all(0 <= x["jaccard"] <= 1 and x["forced"] != x["original"] for x in rows)
+
+
+def test_perturbation_summary_counts_examples():
+    s = rhythm.perturbation_summary([{"top": [0.2, 0.4], "bottom": [0.5]}, {"top": [0.9], "bottom": [0.7, 0.9]},
+                                     {"top": [], "bottom": [0.1]}])
+    assert s["n_examples"] == 2 and s["pr_top_lt_bottom"] == 0.5
+    assert s["top_jaccard"] == pytest.approx((0.3 + 0.9) / 2) and s["bottom_jaccard"] == pytest.approx((0.5 + 0.8) / 2)
+    with pytest.raises(ValueError):
+        rhythm.perturbation_summary([{"top": [], "bottom": []}])
