@@ -549,8 +549,9 @@ def policy_accuracy(model, tokenizer, items: Sequence[Any], prompts: Sequence[st
 
 
 def _eval_callback(items: Sequence[Any], prompts: Sequence[str], tokenizer, every: int, max_new_tokens: int,
-                   seed: int, log: list[dict]):
-    """A TrainerCallback recording greedy and sampled held-out accuracy at step 0 and every `every` steps."""
+                   seed: int, log: list[dict], at_start: bool = True):
+    """A TrainerCallback recording greedy and sampled held-out accuracy at the start (unless `at_start` is False),
+    every `every` steps and at the end."""
     from transformers import TrainerCallback
 
     class HeldOut(TrainerCallback):
@@ -565,7 +566,8 @@ def _eval_callback(items: Sequence[Any], prompts: Sequence[str], tokenizer, ever
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             self.start_step = state.global_step  # > 0 when resumed from a checkpoint
-            self._eval(state.global_step, model)
+            if at_start:
+                self._eval(state.global_step, model)
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if state.global_step % every == 0 or state.global_step == state.max_steps:
@@ -593,12 +595,14 @@ class GRPORun:
 def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence[Any], out_dir: str | Path, *,
                credit: CreditConfig, steps: int, prompts_per_step: int = 16, num_generations: int = 8,
                max_completion_length: int = 128, learning_rate: float = 1e-4, seed: int = 0, eval_every: int = 10,
-               save_steps: int | None = None, resume: bool = False, template: str = "model",
+               save_steps: int | None = None, resume: bool = False, template: str = "model", eval_at_start: bool = True,
                provenance: Mapping[str, Any] | None = None, **config: Any) -> GRPORun:
     """Train `model_name` with (attention-credit) GRPO on `train_items` and record held-out accuracy.
 
     Checkpoints (model, optimizer, scheduler, RNG: TRL/transformers' own) go to `out_dir/checkpoint-<step>` every
-    `save_steps`; `resume=True` continues from the last one. `run.json` holds the log, the held-out curve and the
+    `save_steps`; `resume=True` continues from the last one. Held-out accuracy (greedy and one sample at T = 1) is
+    measured at the start (skip it with `eval_at_start=False` when several runs share a starting point), every
+    `eval_every` steps and at the end. `run.json` holds the log, the held-out curve and the
     provenance (model, dataset ids, parameters, code version) the caller passes."""
     import json
 
@@ -623,7 +627,8 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
     cfg = grpo_config(out, max_steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
                       max_completion_length=max_completion_length, learning_rate=learning_rate, seed=seed,
                       save_steps=save_steps, logging_steps=1, **config)
-    held_out = _eval_callback(eval_items, eval_prompts, tok, eval_every, max_completion_length, seed, evals)
+    held_out = _eval_callback(eval_items, eval_prompts, tok, eval_every, max_completion_length, seed, evals,
+                              eval_at_start)
     trainer = CreditGRPOTrainer(
         model=model, reward_funcs=[reward_function(family(train_items[0]))], args=cfg,
         train_dataset=Dataset.from_list(rows), processing_class=tok, credit=credit, callbacks=[held_out])
@@ -640,3 +645,47 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
                                   "resumed_from": last, "started_at_step": held_out.start_step},
                dict(provenance or {"model": {"name": model_name}, "example_ids": [r["id"] for r in rows]}))
     return run
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m support.rl` (or `accelerate launch -m support.rl` on several GPUs): one GRPO run."""
+    import argparse
+
+    from .tasks import DATASETS, load_task
+
+    ap = argparse.ArgumentParser(prog="python -m support.rl", description=main.__doc__)
+    ap.add_argument("--model", required=True, help="toy name, local directory or hub name")
+    ap.add_argument("--task", required=True, choices=sorted(DATASETS))
+    ap.add_argument("--strategy", default="coupled", choices=list(STRATEGIES))
+    ap.add_argument("--q", type=float, default=0.4)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--prompts-per-step", type=int, default=16)
+    ap.add_argument("--num-generations", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--lr", type=float, default=1e-6)
+    ap.add_argument("--loss-type", default="grpo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-train", type=int, default=20000)
+    ap.add_argument("--n-eval", type=int, default=512)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--save-every", type=int, default=50)
+    ap.add_argument("--template", default="model")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
+    a = ap.parse_args(argv)
+    credit = CreditConfig(strategy=a.strategy, q=a.q, seed=a.seed)  # validated before anything loads
+    train, test = load_task(a.task, "train", a.n_train).items, load_task(a.task, "test", a.n_eval).items
+    run = train_grpo(a.model, train, test, a.out, credit=credit, steps=a.steps, prompts_per_step=a.prompts_per_step,
+                     num_generations=a.num_generations, max_completion_length=a.max_new_tokens, learning_rate=a.lr,
+                     seed=a.seed, eval_every=a.eval_every, save_steps=a.save_every, resume=a.resume,
+                     template=a.template, loss_type=a.loss_type,
+                     provenance={"model": {"name": a.model}, "dataset": a.task, "params": vars(a) | {"out": str(a.out)},
+                                 "example_ids": [str(getattr(it, "id", i)) for i, it in enumerate(train)]})
+    print(f"{a.strategy}: held-out greedy {run.final('greedy'):.3f}, sampled {run.final('sampled'):.3f} "
+          f"after {a.steps} steps ({run.seconds:.0f} s); checkpoints and run.json in {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -334,3 +334,17 @@ def test_prompt_rows_for_real_items_and_bad_input():
     assert "\\boxed{}" in m["prompt"] and m["answer"] == "5"
     with pytest.raises(ParameterError, match="mix"):
         prompt_rows([CountdownItem("c1", (3, 5, 7, 11), 24, "countdown"), math_item], None, "chatml")
+
+
+def test_command_line_refuses_bad_input_before_loading(tmp_path, capsys):
+    from support.rl import main
+
+    base = ["--model", "toy-qwen2", "--task", "toy_countdown", "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--strategy", "bogus"])
+    assert e.value.code == 2 and "coupled" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "toy-qwen2", "--task", "nope", "--out", str(tmp_path)])
+    with pytest.raises(ParameterError, match=r"q=2"):
+        main(base + ["--q", "2"])
+    assert not (tmp_path / "r").exists()
