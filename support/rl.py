@@ -596,7 +596,7 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
                credit: CreditConfig, steps: int, prompts_per_step: int = 16, num_generations: int = 8,
                max_completion_length: int = 128, learning_rate: float = 1e-4, seed: int = 0, eval_every: int = 10,
                save_steps: int | None = None, resume: bool = False, template: str = "model", eval_at_start: bool = True,
-               provenance: Mapping[str, Any] | None = None, **config: Any) -> GRPORun:
+               quiet: bool = True, provenance: Mapping[str, Any] | None = None, **config: Any) -> GRPORun:
     """Train `model_name` with (attention-credit) GRPO on `train_items` and record held-out accuracy.
 
     Checkpoints (model, optimizer, scheduler, RNG: TRL/transformers' own) go to `out_dir/checkpoint-<step>` every
@@ -632,6 +632,11 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
     trainer = CreditGRPOTrainer(
         model=model, reward_funcs=[reward_function(family(train_items[0]))], args=cfg,
         train_dataset=Dataset.from_list(rows), processing_class=tok, credit=credit, callbacks=[held_out])
+    if quiet:  # chapters show tables and figures, not TRL's per-step log dicts
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     last = None
     if resume:
         ckpts = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
