@@ -63,8 +63,8 @@ CONFIGS = {
                          num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                          tie_word_embeddings=True, rope_theta=1000000.0),
 }
-DEFAULTS = {"toy": dict(prompts=8, generations=8, completion_len=48, repeats=5, warmup=1),
-            "qwen2.5-0.5b": dict(prompts=2, generations=4, completion_len=16, repeats=2, warmup=1)}
+DEFAULTS = {"toy": dict(prompts=8, generations=8, completion_len=48, repeats=5, warmup=1, threads=1),
+            "qwen2.5-0.5b": dict(prompts=2, generations=4, completion_len=16, repeats=2, warmup=1, threads=2)}
 TARGET = 1.25  # credit step / plain step on the organism
 RUNS = {"credit": "coupled", "plain": "none"}
 
@@ -337,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--completion-len", type=int, default=None, help="tokens per completion (toy 48, qwen 16)")
     ap.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
                     help="policy attention (eager: as support.rl.policy loads it)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (toy 1: a tiny model's many small ops only lose to thread synchronisation, "
+                         "badly so on a shared machine; qwen2.5-0.5b 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-memory", action="store_true", help="skip the attention-memory subprocesses")
     ap.add_argument("--worker", default=None, choices=["timing", "attention", "forward"], help=argparse.SUPPRESS)
