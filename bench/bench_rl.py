@@ -27,7 +27,11 @@ word-level tokenizer over the prompts' words, padded with filler words to the mo
 
 The credit time is split with timers wrapped around `support.rhythm.attention_maps` (the extra forward pass),
 `support.rhythm.signals` (per-row span/groups/WAAD/FAI/entropy) and `support.rl.batch_gamma` (per-row γ rules);
-`credit_signal_seconds` is TRL's logged ``credit/seconds`` metric (all of `CreditGRPOTrainer.shape_batch`).
+`credit_signal_seconds` is TRL's logged ``credit/seconds`` metric (all of `CreditGRPOTrainer.shape_batch`). Each
+step is also split into generation, loss forward and backward (TRL's defaults hold: `grpo_config` leaves TRL's
+gradient checkpointing on, so the backward recomputes the forward). Threads: 1 on the toy (a 1M-parameter model's
+many small ops only lose to thread synchronisation: on a shared 2-core machine 2 threads made steps 5-30× slower and
+erratic), 2 on the 0.5B config.
 
 Attention memory is measured in a fresh subprocess on the step's (B, N) batch: the peak of
 `support.rhythm.token_signals(..., layers=rl_layers(L, 5), chunk=--chunk)` above the memory held before the call
@@ -144,7 +148,7 @@ def trainers(args, out_dir: str):
 
 # ----------------------------------------------------------------------------------------------- timing
 class Timers:
-    """Wall time inside wrapped functions (module attributes), accumulated until `take()`."""
+    """Wall time inside wrapped functions (attributes of modules or objects), accumulated until `take()`."""
 
     def __init__(self, sync):
         self.sync, self.acc = sync, {}
@@ -181,10 +185,15 @@ def timing_worker(args) -> dict:
     timers.wrap(rhythm, "signals", "rows")
     timers.wrap(rl, "batch_gamma", "gamma")
     times: dict[str, list] = {name: [] for name in RUNS}
-    parts: dict[str, list] = {k: [] for k in ("forward", "rows", "gamma", "credit")}
+    parts: dict[str, list] = {f"{run}_{k}": [] for run in RUNS for k in ("generate", "loss", "backward")}
+    parts |= {k: [] for k in ("forward", "rows", "gamma", "credit")}
     with tempfile.TemporaryDirectory() as tmp:
         tr, batch, model, _ = trainers(args, tmp)
         opt = tr["credit"].optimizer
+        for t in tr.values():  # where a step's time goes: generation, loss forward, backward (per trainer instance)
+            timers.wrap(t, "_generate_single_turn", "generate")
+            timers.wrap(t, "compute_loss", "loss")
+            timers.wrap(t.accelerator, "backward", "backward")
         for rep in range(args.warmup + args.repeats):
             order = list(RUNS) if rep % 2 == 0 else list(RUNS)[::-1]
             for name in order:
@@ -206,6 +215,8 @@ def timing_worker(args) -> dict:
                 if rep < args.warmup:
                     continue
                 times[name].append(dt)
+                for k in ("generate", "loss", "backward"):
+                    parts[f"{name}_{k}"].append(got.get(k, 0.0))
                 if name == "credit":
                     for k in ("forward", "rows", "gamma"):
                         parts[k].append(got.get(k, 0.0))
@@ -223,6 +234,10 @@ def timing_worker(args) -> dict:
     res["credit_gamma_seconds"] = statistics.median(parts["gamma"])
     res["credit_other_seconds"] = res["credit_signal_seconds"] - sum(
         res[f"credit_{k}_seconds"] for k in ("forward", "rows", "gamma"))
+    for run in RUNS:
+        for k in ("generate", "loss", "backward"):
+            res[f"{run}_{k}_seconds"] = statistics.median(parts[f"{run}_{k}"])
+    res["gradient_checkpointing"] = bool(tr["plain"].args.gradient_checkpointing)
     res["credit_step_over_plain"] = med["credit"] / med["plain"]
     res["credit_step_over_plain_min"] = min(times["credit"]) / min(times["plain"])
     res["credit_step_extra_seconds"] = med["credit"] - med["plain"]
@@ -276,30 +291,31 @@ def memory_worker(args) -> dict:
     L = int(model.config.num_hidden_layers)
     layers = rhythm.rl_layers(L, c.n_layers)
     if args.worker == "attention":
-        def call():
-            return rhythm.token_signals(model, ids, am, resp, layers=layers, window=c.window, h_lo=c.h_lo,
-                                        h_hi=c.h_hi, group_frac=c.group_frac, chunk=c.chunk)
+        def call(n):
+            return rhythm.token_signals(model, ids[:n], am[:n], resp[:n], layers=layers, window=c.window,
+                                        h_lo=c.h_lo, h_hi=c.h_hi, group_frac=c.group_frac, chunk=c.chunk)
     else:
-        def call():
+        def call(n):
             with torch.no_grad():
                 out = []
-                for lo in range(0, ids.shape[0], args.chunk):  # the same chunks as the signal pass
-                    pos = (am[lo:lo + args.chunk].cumsum(-1) - 1).clamp(min=0)
-                    out.append(model(input_ids=ids[lo:lo + args.chunk], attention_mask=am[lo:lo + args.chunk],
-                                     position_ids=pos, use_cache=False).logits[:, -1])
+                for lo in range(0, n, args.chunk):  # the same chunks as the signal pass
+                    x, m = ids[lo:min(n, lo + args.chunk)], am[lo:min(n, lo + args.chunk)]
+                    pos = (m.cumsum(-1) - 1).clamp(min=0)
+                    out.append(model(input_ids=x, attention_mask=m, position_ids=pos, use_cache=False).logits[:, -1])
                 return out
+    call(1)  # one sequence first: one-time costs (lazy imports, kernel setup) stay out of the peak
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        call()
+        call(len(ids))
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
         base = _status_kb("VmRSS")
-        call()
+        call(len(ids))
         peak = (_status_kb("VmHWM") - base) * 1024
     B, N = ids.shape
     chunk = min(args.chunk, B)
@@ -355,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
           f"prompts = {args.prompts}\ngenerations = {args.generations}\nbatch = {args.prompts * args.generations}\n"
           f"prompt_tokens = {t['prompt_tokens']}\ncompletion_tokens = {args.completion_len}\nchunk = {args.chunk}\n"
           f"repeats = {args.repeats}")
+    print(f"gradient_checkpointing = {t['gradient_checkpointing']}")
     for k in ("credit_step_seconds", "credit_step_seconds_min", "plain_step_seconds", "plain_step_seconds_min",
+              "plain_generate_seconds", "plain_loss_seconds", "plain_backward_seconds", "credit_generate_seconds",
+              "credit_loss_seconds", "credit_backward_seconds",
               "credit_step_over_plain", "credit_step_over_plain_min", "credit_step_extra_seconds",
               "credit_signal_seconds", "credit_forward_seconds", "credit_rows_seconds", "credit_gamma_seconds",
               "credit_other_seconds", "credit_signal_over_plain_step"):
@@ -364,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"credit_step_over_plain_target_met = {t['credit_step_over_plain'] <= TARGET}")
     if not args.no_memory:
         att, fwd = run_worker(args, "attention"), run_worker(args, "forward")
-        print(f"signal_batch = {att['B']}x{att['N']}\nrl_layers = {','.join(map(str, att['layers']))} "
-              f"(of {att['n_layers']})\nattention_peak_bytes = {att['peak_bytes']}\n"
+        print(f"signal_batch = {att['B']}x{att['N']}\nrl_layers = {','.join(map(str, att['layers']))}\n"
+              f"n_layers = {att['n_layers']}\nheads = {att['heads']}\nattention_peak_bytes = {att['peak_bytes']}\n"
               f"forward_peak_bytes = {fwd['peak_bytes']}\n"
               f"attention_peak_over_forward = {att['peak_bytes'] / max(fwd['peak_bytes'], 1):.3g}\n"
               f"attention_maps_kept_bytes = {att['kept_bytes']}\n"

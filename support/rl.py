@@ -508,7 +508,7 @@ def prompt_rows(items: Sequence[Any], tokenizer=None, template: str = "model") -
     """GRPO dataset rows: the item's prompt plus the columns the reward reads. Toy items carry their own prompt;
     multiple-choice items get App. B's (`prompts.format_mc_prompt`), Countdown and math items paper 003's
     (`prompts.format_reasoning_prompt`)."""
-    from .prompts import format_mc_prompt, format_reasoning_prompt
+    from .prompts import format_mc_prompt, format_reasoning_prompt, user_turn
     from .scoring import family
 
     def prompt(it: Any) -> str:
@@ -516,6 +516,10 @@ def prompt_rows(items: Sequence[Any], tokenizer=None, template: str = "model") -
             return it.prompt
         if getattr(it, "options", None):
             return format_mc_prompt(it.question, it.options, template, tokenizer)
+        if template == "organism" and getattr(it, "numbers", None):  # the organism's own Countdown turn
+            from .toydata import countdown_question
+
+            return user_turn(countdown_question(it.numbers, it.target))
         return format_reasoning_prompt(it, template, tokenizer)
 
     fams = {family(it) for it in items}
