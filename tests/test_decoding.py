@@ -77,3 +77,15 @@ def test_generate_ids_stops_before_the_end_of_turn_and_drops_padding(toy):
     for (p, r), prompt, text in zip(pairs, prompts, texts):
         assert p == toy.tokenizer(prompt)["input_ids"] and end not in r and pad not in r
         assert toy.tokenizer.decode(r, skip_special_tokens=True).strip() == text.strip()
+
+
+def test_generate_on_the_bridged_model_equals_the_plain_model(toy):
+    """HF generate() through a TransformerBridge-wrapped model must match the plain model (transformers 5.24 broke
+    this: every step repeated the first token, which is why pyproject caps transformers below 5.24)."""
+    from support.decoding import generate
+    from support.models import load_plain
+    from support.toydata import generate as toy_items
+
+    plain, tok = load_plain("toy-qwen2", device="cpu")
+    prompts = [it.prompt for it in toy_items("toy_countdown", 3, "test")]
+    assert generate(toy.hf_model, toy.tokenizer, prompts, 24) == generate(plain, tok, prompts, 24)
