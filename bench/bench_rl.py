@@ -1,7 +1,7 @@
 """Benchmark: one TRL GRPO step with coupled attention credit (paper 003, Eq. 17-18) vs one plain TRL GRPO step.
 
     .venv/bin/python bench/bench_rl.py                                          # the organism (toy-qwen2), CPU
-    python bench/bench_rl.py --config qwen2.5-0.5b --repeats 2                  # real-size random Qwen2.5-0.5B
+    python bench/bench_rl.py --config qwen2.5-0.5b                              # real-size random Qwen2.5-0.5B
     python bench/bench_rl.py --device cuda --config qwen2.5-0.5b --prompts 8 --generations 8 --completion-len 128
 
 Both steps are `support.rl.CreditGRPOTrainer`: ``CreditConfig(strategy="coupled")`` (one extra no-grad forward pass
@@ -30,7 +30,7 @@ The credit time is split with timers wrapped around `support.rhythm.attention_ma
 `credit_signal_seconds` is TRL's logged ``credit/seconds`` metric (all of `CreditGRPOTrainer.shape_batch`). Each
 step is also split into generation, loss forward and backward (TRL's defaults hold: `grpo_config` leaves TRL's
 gradient checkpointing on, so the backward recomputes the forward). Threads: 1 on the toy (a 1M-parameter model's
-many small ops only lose to thread synchronisation: on a shared 2-core machine 2 threads made steps 5-30× slower and
+many small ops only lose to thread synchronisation: on a shared 2-core machine 2 threads made steps 3-50× slower and
 erratic), 2 on the 0.5B config.
 
 Attention memory is measured in a fresh subprocess on the step's (B, N) batch: the peak of
@@ -68,7 +68,7 @@ CONFIGS = {
                          tie_word_embeddings=True, rope_theta=1000000.0),
 }
 DEFAULTS = {"toy": dict(prompts=8, generations=8, completion_len=48, repeats=5, warmup=1, threads=1),
-            "qwen2.5-0.5b": dict(prompts=2, generations=4, completion_len=16, repeats=2, warmup=1, threads=2)}
+            "qwen2.5-0.5b": dict(prompts=2, generations=4, completion_len=16, repeats=1, warmup=1, threads=2)}
 TARGET = 1.25  # credit step / plain step on the organism
 RUNS = {"credit": "coupled", "plain": "none"}
 
@@ -98,11 +98,11 @@ def build(args):
     items = generate("toy_countdown", args.prompts, split="train", seed=args.seed)
     if CONFIGS[args.config] is None:
         model, tok = rl.policy("toy-qwen2", device=args.device)
-        rows = rl.prompt_rows(items, tok)
+        rows = rl.prompt_rows(items, tok, template="organism")
     else:
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        rows = rl.prompt_rows(items)  # the items' own ChatML prompt text
+        rows = rl.prompt_rows(items, template="organism")  # the organism's ChatML Countdown turn (text)
         words = [w for r in rows for w in r["prompt"].split()] + [str(i) for i in range(1000)]
         tok = word_tokenizer(words, CONFIGS[args.config]["vocab_size"])
         cfg = AutoConfig.for_model("qwen2", **CONFIGS[args.config])
@@ -133,7 +133,8 @@ def trainers(args, out_dir: str):
     cfg = rl.grpo_config(out_dir, max_steps=10**6, prompts_per_step=args.prompts, num_generations=args.generations,
                          max_completion_length=args.completion_len, seed=args.seed, logging_steps=10**9,
                          use_cpu=args.device == "cpu",
-                         generation_kwargs={"min_new_tokens": args.completion_len})  # fixed-length completions
+                         generation_kwargs={"min_new_tokens": args.completion_len},  # fixed-length completions
+                         **({"gradient_checkpointing": False} if args.no_gradient_checkpointing else {}))
     out = {name: rl.CreditGRPOTrainer(model=model, reward_funcs=[seeded_reward(args.seed)], args=cfg,
                                       train_dataset=Dataset.from_list(rows), processing_class=tok,
                                       credit=rl.CreditConfig(strategy=strategy, chunk=args.chunk))
@@ -259,7 +260,7 @@ def step_batch(args, tok):
     from support.toydata import generate
 
     items = generate("toy_countdown", args.prompts, split="train", seed=args.seed)
-    rows = rl.prompt_rows(items, tok if CONFIGS[args.config] is None else None)
+    rows = rl.prompt_rows(items, tok if CONFIGS[args.config] is None else None, template="organism")
     prompts = [tok(r["prompt"])["input_ids"] for r in rows for _ in range(args.generations)]
     p = max(len(x) for x in prompts)
     g = torch.Generator().manual_seed(args.seed)
@@ -331,7 +332,7 @@ def run_worker(args, worker: str) -> dict:
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--chunk", str(args.chunk),
            "--prompts", str(args.prompts), "--generations", str(args.generations),
            "--completion-len", str(args.completion_len), "--threads", str(args.threads), "--seed", str(args.seed),
-           "--attn", args.attn]
+           "--attn", args.attn] + (["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else [])
     env = {**os.environ, "TQDM_DISABLE": "1"}
     if worker != "timing":  # memory workers: every large tensor is its own mapping, so freed ones leave the RSS
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # (it would slow the timed steps down: fresh pages per tensor)
@@ -345,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--config", default="toy", choices=sorted(CONFIGS))
-    ap.add_argument("--repeats", type=int, default=None, help="timed step pairs (toy 5, qwen2.5-0.5b 2)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed step pairs (toy 5; qwen2.5-0.5b 1: a 0.5B step takes ~100 s on a 2-core CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed step pairs first (1)")
     ap.add_argument("--chunk", type=int, default=8, help="sequences per signal forward pass (CreditConfig.chunk)")
     ap.add_argument("--prompts", type=int, default=None, help="prompts per step (toy 8, qwen2.5-0.5b 2)")
@@ -353,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--completion-len", type=int, default=None, help="tokens per completion (toy 48, qwen 16)")
     ap.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
                     help="policy attention (eager: as support.rl.policy loads it)")
+    ap.add_argument("--no-gradient-checkpointing", action="store_true",
+                    help="turn off TRL's gradient checkpointing (on by default in GRPOConfig, and kept by grpo_config)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (toy 1: a tiny model's many small ops only lose to thread synchronisation, "
                          "badly so on a shared machine; qwen2.5-0.5b 2)")
