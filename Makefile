@@ -47,6 +47,7 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/bench_tracing.py
 	$(BIN)/python bench/bench_finetune.py
+	$(BIN)/python bench/bench_rl.py
 
 organism: install
 	$(BIN)/python -m support.organism train

@@ -195,6 +195,33 @@ def model_device(model) -> torch.device:
 
 
 @torch.no_grad()
+def generate_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256, batch_size: int = 16, *,
+                 sampling: Sampling = GREEDY) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) per prompt, batched like `generate`; the response stops before its first
+    end-of-turn token (so analyses see the reasoning text only) and never contains padding."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    model.eval()
+    dev = model_device(model)
+    stop = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
+                                        if t in tokenizer.get_vocab()}
+    if sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True, padding_side="left"
+                        ).to(dev)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, **sampling.kwargs())
+        width = enc["input_ids"].shape[1]
+        for row, mask, g in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(), gen.tolist()):
+            resp = g[width:]
+            cut = next((j for j, t in enumerate(resp) if t in stop), len(resp))
+            out.append(([t for t, m in zip(row, mask) if m], resp[:cut]))
+    return out
+
+
+@torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256, batch_size: int = 16, *,
              sampling: Sampling = GREEDY, progress: bool = False) -> list[str]:
     """Responses to fully formatted prompts (batched, left padding, KV cache), decoded without the prompt.

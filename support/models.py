@@ -28,6 +28,8 @@ KNOWN_HUB_MODELS = (
     "Qwen/Qwen2.5-1.5B-Instruct",
     "Qwen/Qwen3-0.6B",
     "Qwen/Qwen3-8B",
+    "Qwen/Qwen3-0.6B-Base",
+    "Qwen/Qwen3-4B-Base",
     "meta-llama/Llama-2-7b-chat-hf",
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
 )

@@ -40,6 +40,7 @@ class Param:
     lo_open: bool = False
     doc: str = ""
     item_kind: type | None = None  # for list parameters
+    empty_ok: bool = False  # a list that may be empty (an optional ablation)
 
     def check(self, name: str, value: Any) -> None:
         kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
@@ -51,7 +52,7 @@ class Param:
             raise ParameterError(f"parameter {name}={value!r}: expected {_kname(kinds)}, got {type(value).__name__}")
         items = value if isinstance(value, (list, tuple)) else [value]
         if isinstance(value, (list, tuple)):
-            if not value:
+            if not value and not self.empty_ok:
                 raise ParameterError(f"parameter {name} must not be empty")
             if self.item_kind and not all(isinstance(v, self.item_kind) and not isinstance(v, bool) for v in value):
                 raise ParameterError(f"parameter {name}={value!r}: every item must be {self.item_kind.__name__}")
@@ -116,7 +117,8 @@ def _param(spec: Mapping[str, Any]) -> Param:
     return Param(kind=_KINDS[spec["type"]], choices=_DYNAMIC[ch] if isinstance(ch, str) else
                  (tuple(ch) if ch is not None else None), lo=spec.get("lo"), hi=spec.get("hi"),
                  lo_open=bool(spec.get("lo_open", False)), doc=spec.get("doc", ""),
-                 item_kind=_KINDS[spec["items"]] if "items" in spec else None)
+                 item_kind=_KINDS[spec["items"]] if "items" in spec else None,
+                 empty_ok=bool(spec.get("empty_ok", False)))
 
 
 def _load_schema() -> tuple[dict[str, Param], dict[str, dict[str, Param]]]:

@@ -263,3 +263,71 @@ def entropy_drop_plot(groups: dict, title: str, caption: str, stats: dict | None
         ax.text(0.02, 0.98, f"Mann–Whitney U p = {stats['p']:.3g}\n|r_rb| = {abs(stats['r_rb']):.3f}, "
                 f"Cliff's δ = {stats['cliffs_delta']:.3f}", transform=ax.transAxes, va="top", fontsize=8)
     return finish(fig, ax, title, caption)
+
+
+# ----------------------------------------------------------------------------------------------- paper 003 (chapter 05)
+def rhythm_maps(a_loc: np.ndarray, a_glob: np.ndarray, start: int, title: str, caption: str, gamma: float = 0.5):
+    """Fig. 2 (left): the local and global aggregate attention maps over the response (rows and columns from
+    `start`), on a power-law colour scale (`gamma`) so that the faint long-range mass stays visible."""
+    from matplotlib.colors import PowerNorm
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
+    for ax, (name, a) in zip(axes, (("local-focused heads Ā_loc", a_loc), ("global-focused heads Ā_glob", a_glob))):
+        sub = np.asarray(a)[start:, start:]
+        im = ax.imshow(sub, cmap="magma_r", norm=PowerNorm(gamma, vmin=0, vmax=max(float(sub.max()), 1e-9)))
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("attended response position s")
+        ax.set_ylabel("response position t")
+        fig.colorbar(im, ax=ax, shrink=0.8, label="attention")
+    fig.suptitle(title)
+    return finish(fig, None, title, caption)
+
+
+def rhythm_sequences(tokens: Sequence[str], series: dict, title: str, caption: str, marks: dict | None = None,
+                     max_tokens: int = 140):
+    """Fig. 2 (right): token-level sequences (WAAD, FAI, entropy, ...) stacked on one shared token axis.
+
+    `marks` maps a series name to positions drawn as dots on that series (e.g. its peaks)."""
+    n = min(len(tokens), max_tokens)
+    fig, axes = plt.subplots(len(series), 1, figsize=(max(8.0, 0.11 * n), 1.5 * len(series) + 1.2), sharex=True,
+                             layout="constrained")
+    axes = np.atleast_1d(axes)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (ax, (name, y)) in enumerate(zip(axes, series.items())):
+        y = np.asarray(y, dtype=float)[:n]
+        ax.plot(range(n), y, color=colors[i % len(colors)], lw=1.2)
+        pos = [p for p in (marks or {}).get(name, []) if p < n]
+        ax.scatter(pos, y[pos], color="black", s=14, zorder=3)
+        ax.set_ylabel(name, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xticks(range(n))
+    axes[-1].set_xticklabels([t.replace("Ġ", "").replace("\n", "\\n") for t in tokens[:n]], rotation=90, fontsize=6)
+    fig.suptitle(title)
+    return finish(fig, None, title, caption)
+
+
+def ema_of_peak(values: Sequence[float], alpha: float = 0.3) -> np.ndarray:
+    """App. A.2 / Fig. 4's smoothing: the exponential moving average of the running peak of a curve."""
+    out, ema, peak = [], None, -np.inf
+    for v in values:
+        peak = max(peak, float(v))
+        ema = peak if ema is None else alpha * peak + (1 - alpha) * ema
+        out.append(ema)
+    return np.array(out)
+
+
+def grpo_curves(curves: dict, title: str, caption: str, ylabel: str = "held-out accuracy", smooth: bool = False):
+    """Fig. 4-style curves: {label: (steps, mean, spread)} with a shaded ± spread band (over seeds); `smooth` plots
+    the EMA of the running peak (App. A.2) instead of the raw values."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (steps, mean, spread) in curves.items():
+        mean, spread = np.asarray(mean, float), np.asarray(spread, float)
+        y = ema_of_peak(mean) if smooth else mean
+        ax.plot(steps, y, marker="o", ms=3, label=label)
+        if not smooth:
+            ax.fill_between(steps, mean - spread, mean + spread, alpha=0.15)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel(ylabel + (" (EMA of peak)" if smooth else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return finish(fig, ax, title, caption)

@@ -82,3 +82,29 @@ def format_mc_prompt(question: str, options: Sequence[str], template: str = "cha
     if template == "organism":
         return user_turn(organism_block(question, options))
     return wrap(UNIFIED_SYSTEM, user_message(question, options), template, tokenizer)
+
+
+#: Paper 003 App. A.1's system instruction for free-form reasoning (GSM8K, MATH-style sets).
+REASONING_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+#: Countdown (Pan et al. 2025, as paper 003 trains it): four numbers, a target, an `Answer:` line the verifier reads.
+COUNTDOWN_USER = (
+    "Using the numbers {numbers}, create an equation that equals {target}. You can use basic arithmetic operations "
+    "(+, -, *, /) and each number can only be used once. Show your work step by step, then give the final equation "
+    "on the last line exactly in the format: Answer: <EXPRESSION>."
+)
+
+
+def format_reasoning_prompt(item, template: str = "chatml", tokenizer=None) -> str:
+    """The prompt for a free-form reasoning item: a Countdown item (numbers and target) or a math item (question),
+    under paper 003's system instruction. Multiple-choice items use `format_mc_prompt`."""
+    if getattr(item, "numbers", None) and getattr(item, "target", None) is not None:
+        user = COUNTDOWN_USER.format(numbers=", ".join(str(n) for n in item.numbers), target=item.target)
+        system = "You are a helpful assistant. You first think about the reasoning process and then answer."
+    elif getattr(item, "problem", None) or getattr(item, "question", None):
+        user, system = (getattr(item, "problem", None) or item.question).strip(), REASONING_SYSTEM
+    else:
+        raise ValueError(f"cannot build a reasoning prompt for {type(item).__name__}: it has neither numbers/target "
+                         "nor a problem")
+    if template == "organism":
+        return user_turn(user)
+    return wrap(system, user, template, tokenizer)

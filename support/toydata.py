@@ -132,6 +132,11 @@ def lookup_item(rng: random.Random, n_options: int = 4) -> ToyItem:
                    options=(), answer=LETTERS[options.index(queries[-1])], rationale=rationale)
 
 
+def countdown_question(numbers, target: int) -> str:
+    """The organism's Countdown question (its whole user turn)."""
+    return f"Numbers : {' '.join(map(str, numbers))} . Target : {target} ."
+
+
 def _countdown_item(rng: random.Random) -> ToyItem:
     while True:
         a, b, c = rng.randint(1, 30), rng.randint(1, 30), rng.randint(1, 30)
@@ -143,7 +148,7 @@ def _countdown_item(rng: random.Random) -> ToyItem:
     nums = [a, b, c]
     shown = nums[:]
     rng.shuffle(shown)
-    question = f"Numbers : {' '.join(map(str, shown))} . Target : {y} ."
+    question = countdown_question(shown, y)
     rationale = f"{a} {op1} {b} = {x}\n{x} {op2} {c} = {y}\nThe target is {y} ."
     answer = f"( {a} {op1} {b} ) {op2} {c}"
     key = f"toy_countdown|{question}"

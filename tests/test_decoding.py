@@ -65,6 +65,20 @@ def test_inputs_follow_the_model_device(toy, monkeypatch):
     assert seen == [decoding.model_device(toy.hf_model)] and seen[0] == torch.device("cpu")
 
 
+def test_generate_ids_stops_before_the_end_of_turn_and_drops_padding(toy):
+    from support.decoding import Sampling, generate, generate_ids
+
+    prompts = ["<|im_start|>user\nFind 12 .<|im_end|>\n<|im_start|>assistant\n", "<|im_start|>user\n3<|im_end|>\n"
+               "<|im_start|>assistant\n"]
+    pairs = generate_ids(toy.hf_model, toy.tokenizer, prompts, 24, sampling=Sampling())
+    texts = generate(toy.hf_model, toy.tokenizer, prompts, 24)
+    end = toy.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = toy.tokenizer.pad_token_id
+    for (p, r), prompt, text in zip(pairs, prompts, texts):
+        assert p == toy.tokenizer(prompt)["input_ids"] and end not in r and pad not in r
+        assert toy.tokenizer.decode(r, skip_special_tokens=True).strip() == text.strip()
+
+
 def test_generate_on_the_bridged_model_equals_the_plain_model(toy):
     """HF generate() through a TransformerBridge-wrapped model must match the plain model (transformers 5.24 broke
     this: every step repeated the first token, which is why pyproject caps transformers below 5.24)."""

@@ -42,3 +42,26 @@ def test_refs_name_their_source():
     assert str(papers.SPLIT_HALF_RHO) == "0.973 (LLaMA-2-7B-chat, 000 Fig. 3)"
     assert str(papers.SPLIT_HALF_IQR).startswith("0.969–0.975")
     assert papers.probe_size_ref(20, papers.QWEN3) == "86.7%" and papers.probe_size_ref(40, papers.QWEN3) == "–"
+
+
+def test_paper_003_numbers_appear_in_its_text():
+    files = sorted(PAPERS.glob("003_*.txt"))
+    if not files:
+        pytest.skip(f"paper texts not found in {PAPERS}")
+    text = files[0].read_text()
+    t1 = papers.P003_TABLE1
+    assert f"Mean Jaccard similarity\t{t1['top_jaccard'].value}\t{t1['bottom_jaccard'].value}" in text
+    assert t1["pr_top_lt_bottom"].value in text
+    for row in papers.P003_TABLE2.values():
+        assert "\t".join(row) in text, row
+    labels = {"none": "GRPO", "random": "+ random credit", "entropy": "+ high-entropy credit",
+              "local": "+ local-chunk credit", "global": "+ global-anchor credit", "coupled": "+ coupled rhythm credit"}
+    for k, v in papers.P003_TABLE3_COUNTDOWN.items():
+        assert f"{labels[k]}\t{v}" in text, k
+    t5 = {"none": "GRPO (Baseline)", "global-bottom": "Global (Bottom-40%)", "local-bottom": "Local (Bottom-40%)",
+          "coupled-bottom": "Coupled (Bottom-40%)", "global": "Global (Top-40%)", "local": "Local (Top-40%)",
+          "coupled": "Coupled (Top-40%)", "coupled q=0.2": "Coupled (Top-20%)", "coupled q=0.6": "Coupled (Top-60%)",
+          "coupled q=0.8": "Coupled (Top-80%)", "coupled q=1.0": "Coupled (Top-100%)"}
+    for k, v in papers.P003_TABLE5_AVG.items():
+        line = next(x for x in text.splitlines() if x.startswith(t5[k] + "\t"))
+        assert line.split("\t")[6].split()[0] == str(v), (k, line)

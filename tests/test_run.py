@@ -92,3 +92,20 @@ def test_failure_is_loud_and_others_still_reported(tmp_path, monkeypatch, capsys
     assert "90_good" in text and "92_after" in text
     assert (out / "91_bad.ipynb").exists()  # the partial notebook is kept for inspection
     assert text.count(" ok ") + text.count("ok  ") >= 2
+
+
+@pytest.mark.parametrize("name,value,msg", [
+    ("strategies", ["none", "greedy-credit"], "valid choices: .*coupled"),
+    ("strategies", [], "must not be empty"),
+    ("q", 0.0, "out of range"),
+    ("q_ratios", [0.2, 1.5], "out of range"),
+    ("head_frac", 0.7, "out of range"),
+    ("seeds", [0, -1], "out of range"),
+])
+def test_chapter_05_bad_values_fail_before_running(name, value, msg):
+    with pytest.raises(ValueError, match=msg):
+        run.plan("ci", ["05_attention_credit_rl"], {name: value}, None)
+
+
+def test_optional_ablation_lists_may_be_empty():
+    run.plan("ci", ["05_attention_credit_rl"], {"q_ratios": [], "bottom_strategies": []}, None)
