@@ -27,9 +27,11 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -596,6 +598,14 @@ class GRPORun:
         return float(self.evals[-1][key]) if self.evals else float("nan")
 
 
+@contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    """Silence the FutureWarning about `gradient_checkpointing` that TRL 1.16 triggers at every step."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence[Any], out_dir: str | Path, *,
                credit: CreditConfig, steps: int, prompts_per_step: int = 16, num_generations: int = 8,
                max_completion_length: int = 128, learning_rate: float = 1e-4, seed: int = 0, eval_every: int = 10,
@@ -628,26 +638,27 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
     evals: list[dict] = []
     if resume and (out / "run.json").exists():
         evals = list(json.loads((out / "run.json").read_text())["evals"])
-    cfg = grpo_config(out, max_steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
-                      max_completion_length=max_completion_length, learning_rate=learning_rate, seed=seed,
-                      save_steps=save_steps, logging_steps=1, **config)
-    held_out = _eval_callback(eval_items, eval_prompts, tok, eval_every, max_completion_length, seed, evals,
-                              eval_at_start)
-    trainer = CreditGRPOTrainer(
-        model=model, reward_funcs=[reward_function(family(train_items[0]))], args=cfg,
-        train_dataset=Dataset.from_list(rows), processing_class=tok, credit=credit, callbacks=[held_out])
-    if quiet:  # chapters show tables and figures, not TRL's per-step log dicts
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    with _quiet_deprecations():  # transformers 5 renamed gradient checkpointing; TRL 1.16 uses the old names
+        cfg = grpo_config(out, max_steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
+                          max_completion_length=max_completion_length, learning_rate=learning_rate, seed=seed,
+                          save_steps=save_steps, logging_steps=1, **config)
+        held_out = _eval_callback(eval_items, eval_prompts, tok, eval_every, max_completion_length, seed, evals,
+                                  eval_at_start)
+        trainer = CreditGRPOTrainer(
+            model=model, reward_funcs=[reward_function(family(train_items[0]))], args=cfg,
+            train_dataset=Dataset.from_list(rows), processing_class=tok, credit=credit, callbacks=[held_out])
+        if quiet:  # chapters show tables and figures, not TRL's per-step log dicts
+            from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-    last = None
-    if resume:
-        ckpts = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
-                       key=lambda p: int(p.name.split("-")[1]))  # complete checkpoints only (a kill can cut one)
-        last = str(ckpts[-1]) if ckpts else None
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+        last = None
+        if resume:
+            ckpts = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+                           key=lambda p: int(p.name.split("-")[1]))  # complete checkpoints only (a kill can cut one)
+            last = str(ckpts[-1]) if ckpts else None
+        t0 = time.perf_counter()
+        trainer.train(resume_from_checkpoint=last)
     run = GRPORun(out, credit.strategy, seed, trainer.state.log_history, evals, time.perf_counter() - t0, model)
     write_json(out / "run.json", {"strategy": credit.strategy, "credit": credit.__dict__, "seed": seed,
                                   "history": run.history, "evals": evals, "seconds": run.seconds,
