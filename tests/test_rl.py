@@ -348,3 +348,16 @@ def test_command_line_refuses_bad_input_before_loading(tmp_path, capsys):
     with pytest.raises(ParameterError, match=r"q=2"):
         main(base + ["--q", "2"])
     assert not (tmp_path / "r").exists()
+
+
+def test_countdown_reward_refuses_reuse_unknown_numbers_and_malicious_answers():
+    """The GRPO reward is the chapters' verifier: a policy cannot be paid for reused or invented numbers, and hostile
+    strings are never evaluated (a 10^6-digit literal, a tower of powers, an import)."""
+    reward = reward_function("countdown")
+    cols = {"numbers": [[3, 5, 7, 11]] * 6, "target": [24] * 6}
+    answers = ["Answer: ( 11 + 7 ) + 5 + 3 - 2", "Answer: 3 * 5 + 7 + 11 - 11 - 3 + 3",  # unknown 2; reused 11 and 3
+               "Answer: __import__('os').system('echo pwned')", "Answer: 9 ** 9 ** 9 ** 9",
+               "Answer: " + "9" * 10**6, "Answer: ( 11 - 7 ) * 3 + 5 + 7"]
+    assert reward([""] * 6, answers, **cols) == [0.0] * 6  # evaluating the power tower would never return
+    assert reward([""], ["Answer: ( 11 - 7 ) * 5 + 7 - 3"], numbers=[[3, 5, 7, 11]], target=[24]) == [0.0]  # 7 twice
+    assert reward([""], ["Answer: ( 7 - 5 ) * 11 + 3"], numbers=[[3, 5, 7, 11]], target=[25]) == [1.0]
