@@ -547,8 +547,10 @@ def policy_accuracy(model, tokenizer, items: Sequence[Any], prompts: Sequence[st
 
     sampling = Sampling(do_sample=True, temperature=1.0, seed=seed) if sampled else Sampling()
     was = model.training
-    try:
-        responses = generate(model, tokenizer, list(prompts), max_new_tokens, batch_size, sampling=sampling)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:  # the evaluation's seeded sampling must not change the training run's random stream
+        with torch.random.fork_rng(devices=devices):
+            responses = generate(model, tokenizer, list(prompts), max_new_tokens, batch_size, sampling=sampling)
     finally:
         model.train(was)
     return accuracy(items, responses)

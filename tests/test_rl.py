@@ -361,3 +361,17 @@ def test_countdown_reward_refuses_reuse_unknown_numbers_and_malicious_answers():
     assert reward([""] * 6, answers, **cols) == [0.0] * 6  # evaluating the power tower would never return
     assert reward([""], ["Answer: ( 11 - 7 ) * 5 + 7 - 3"], numbers=[[3, 5, 7, 11]], target=[24]) == [0.0]  # 7 twice
     assert reward([""], ["Answer: ( 7 - 5 ) * 11 + 3"], numbers=[[3, 5, 7, 11]], target=[25]) == [1.0]
+
+
+def test_sampled_evaluation_leaves_the_training_random_stream_alone():
+    from support.models import load_plain
+    from support.rl import policy_accuracy
+    from support.toydata import generate as toy_items
+
+    model, tok = load_plain("toy-qwen2", device="cpu")
+    items = toy_items("toy_countdown", 2, "test")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    policy_accuracy(model, tok, items, [it.prompt for it in items], 8, sampled=True, seed=7)
+    assert torch.equal(torch.rand(3), expected)
