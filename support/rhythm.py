@@ -412,7 +412,8 @@ def perturb(lm, prompt_ids: Sequence[int], response_ids: Sequence[int], position
         cand = [int(v) for v in logits[len(prompt) + i - 1].topk(k + 1).indices if int(v) != resp[i]][:k]
         batch = torch.tensor([prompt + resp[:i] + [v] for v in cand], device=lm.device)
         gen = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id or eos)
+                             do_sample=False, eos_token_id=eos,
+                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos)
         orig = content_tokens(tok.convert_ids_to_tokens(resp[i + 1:i + 1 + max_new_tokens]))
         for v, g in zip(cand, gen[:, batch.shape[1]:].tolist()):
             g = g[:g.index(eos)] if eos in g else g
