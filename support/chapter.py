@@ -41,12 +41,14 @@ class Chapter:
         """Seconds since the chapter started."""
         return time.time() - self.t0
 
-    def load_model(self, name: str | None = None, **kw: Any):
-        """`support.models.load_model` for `name` (default: the `model_name` parameter); remembers its identity."""
+    def load_model(self, name: str | None = None, main: bool = True, **kw: Any):
+        """`support.models.load_model` for `name` (default: the `model_name` parameter). The chapter's main model's
+        identity goes into every artifact's provenance; pass `main=False` for a second model (e.g. a base model)."""
         from .models import load_model
 
         lm = load_model(name or self.P["model_name"], **kw)
-        self.identity = lm.identity()
+        if main:
+            self.identity = lm.identity()
         return lm
 
     def path(self, *parts: str) -> Path:

@@ -49,22 +49,42 @@ def show(fig, run_dir: Path | str | None = None, name: str | None = None) -> Non
 
 
 def training_curve(steps: Sequence[int], losses: Sequence[float], evals: Sequence[dict] | None = None,
-                   title: str = "Training curve", caption: str = ""):
-    """Loss against step, with optional held-out accuracy checkpoints on a second axis."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
-    ax.plot(steps, losses, color="tab:blue", label="training loss")
+                   title: str = "Training curve", caption: str = "", stages: dict[str, int] | None = None):
+    """Loss against step, with held-out accuracy checkpoints on a second axis (one line per evaluated series,
+    drawn where it was measured) and dotted lines where a training stage starts (`stages`: name -> first step)."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(steps, losses, color="tab:blue", label="training loss", lw=1)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("next-token loss (nats)")
     ax.set_yscale("log")
+    for name, start in (stages or {}).items():
+        ax.axvline(start, color="grey", ls=":", lw=1)
+        ax.text(start, ax.get_ylim()[1], f" {name}", va="top", ha="left", fontsize=8, color="grey")
     if evals:
         ax2 = ax.twinx()
-        keys = [k for k in evals[0] if k != "step"]
+        keys = list(dict.fromkeys(k for e in evals for k in e if k not in ("step", "stage")))
         for k in keys:
-            ax2.plot([e["step"] for e in evals], [e[k] for e in evals], marker="o", label=f"{k} accuracy")
+            pts = [(e["step"], e[k]) for e in evals if k in e]
+            ax2.plot(*zip(*pts), marker="o", ms=4, label=f"{k} accuracy")
         ax2.set_ylabel("held-out accuracy")
         ax2.set_ylim(0, 1)
-        ax2.legend(loc="center right", fontsize=8)
+        ax2.legend(loc="center left", fontsize=7)
     ax.legend(loc="upper right", fontsize=8)
+    return finish(fig, ax, title, caption)
+
+
+def length_histogram(lengths: dict[str, Sequence[int]], title: str, caption: str, threshold: float | None = None):
+    """Distribution of response lengths (tokens), one outlined histogram per series; optional dashed threshold."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    hi = max(max(v) for v in lengths.values() if len(v))
+    bins = np.linspace(0, hi + 1, 40)
+    for name, v in lengths.items():
+        ax.hist(v, bins=bins, histtype="step", lw=1.5, label=f"{name} (mean {np.mean(v):.0f})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", lw=1, label=f"{threshold:g} tokens")
+    ax.set_xlabel("response length (tokens)")
+    ax.set_ylabel("responses")
+    ax.legend(fontsize=8)
     return finish(fig, ax, title, caption)
 
 

@@ -347,16 +347,12 @@ def load_task(name: str, split: str | None = None, limit: int | None = None, sou
 
 
 def _toy_loader(task: str) -> Loader:
-    """Loader for the organism's generated tasks (support.toydata): MCItem or CountdownItem records."""
+    """Loader for the organism's generated tasks: `support.toydata.ToyItem` records, think-on, in the organism's own
+    prompt and response format (they carry options/answer or numbers/target, so `support.scoring` scores them)."""
 
     def load(split=None, limit=None, source="auto", on_error="skip") -> LoadResult:
         split = "train" if split == "train" else "test"
-        items = []
-        for it in generate(task, 200 if limit is None else limit, split):
-            if task == "toy_countdown":
-                items.append(CountdownItem(it.id, it.numbers, int(it.target), task))
-            else:
-                items.append(MCItem(it.id, it.question, it.options, it.answer, it.rationale, task))
+        items = generate(task, 200 if limit is None else limit, split)
         return LoadResult(task, split, items, [], "generated:support.toydata")
 
     return load

@@ -1,38 +1,61 @@
-"""The model organism's tasks, generated: items, held-out splits and the training mix (no model code here).
+"""The model organism's tasks, generated: items, held-out splits, think on/off, and the training mixes (no model code).
 
-- `toy_mc4` / `toy_mc5`: multiple-choice arithmetic (2-3 operands, + and -, values 0..99) with a chain of thought
-  that computes the result, names the matching option, and ends with `Answer: <LETTER>`. Distractors sit tens
-  apart around the true value (±10..±40), so the organism must compute the result to pick the option.
-- `toy_countdown`: reach a target from three numbers with + - *; the chain of thought evaluates left to right and
-  the last line is `Answer: ( a op b ) op c`, verifiable by `support.scoring.verify_countdown`.
-- `toy_lookup` (training only): the options, then "Find 39 12 ...", answered with every value's letter.
+Every item can be asked in two modes, as Qwen3 does: the user turn ends with `/think` or `/no_think`, and the
+response is `<think> ... </think>` followed by `Answer: ...`, with an empty think block in `/no_think` mode.
+
+- `toy_mc4` / `toy_mc5`: multiple-choice arithmetic with 5-6 operands (+ and -, every value in 0..99). The chain of
+  thought restates the sum, works each step out by tens and units ("23 + 45 = 23 + 40 + 5 = 63 + 5 = 68"), and names
+  the option that holds the result ("The result is 59 (B) ."), whose letter is the answer. Distractors sit tens apart
+  around the true value (±10..±40), so the result has to be computed to pick the option.
+- `toy_countdown`: reach a target from four numbers with + - *. The chain of thought plans (the numbers sorted,
+  largest first), then proposes left-to-right chains in a fixed order of operators (+, -, *), checks each against the
+  target, backtracks on a miss or an overflow ("big"), and stops at the first hit, which the answer writes as
+  `( ( a op b ) op c ) op d` (verifiable by `support.scoring.verify_countdown`). Targets are chosen so that the hit
+  is the 1st to 7th proposal: a search with a real plan-then-execute structure and 0-6 backtracks.
+- `toy_lookup` (training only): the options, then "Find 39 12 ...", answered with every value's letter; it trains
+  the option-retrieval step on its own (the curriculum that made letters learnable).
 
 The options are written `39 (C)`, the letter *after* the value (see `support.prompts.option_lines`). Held-out items
-are those whose content hash falls in the test bucket, so train and test never share a question. `support.organism`
-trains on `mixture`; `support.tasks` serves `generate` as the `toy_*` datasets.
+are those whose content hash falls in the test bucket, so train and test never share a question, in either mode.
+`support.organism` trains on `mixture`; `support.tasks` serves `generate` as the `toy_*` datasets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from .prompts import LETTERS, option_lines, organism_block, user_turn
 
 MAX_VALUE = 99
+_STYLE = os.environ.get("TOY_MC_STYLE", "scan")
 TOY_TASKS = ("toy_mc4", "toy_mc5", "toy_countdown")
+MODES = ("think", "no_think")
 #: Distractors sit at these offsets from the true value (4 or 5 options: the true one plus 3 or 4 of these).
 #: With ±1/±2 offsets the organism could not tell neighbouring numbers apart when retrieving the letter (measured:
 #: retrieval at chance); tens apart, it retrieves reliably, and the arithmetic still has to be right.
 DISTRACTOR_OFFSETS = (-10, 10, -20, 20, -30, 30, -40, 40)
-#: Pretraining mix. `toy_lookup` (the options, then "Find 39 12 ..." asking for each value's letter) trains the
-#: option-retrieval step on its own.
-MIX = {"toy_mc4": 0.35, "toy_mc5": 0.15, "toy_countdown": 0.3, "toy_lookup": 0.2}
+#: Operands per multiple-choice question (4 or 5 worked steps).
+MC_OPERANDS = (5, 6)
+#: Second operands of the multiple-choice steps: never a multiple of ten, so every step is worked by tens and units.
+OPERANDS = tuple(b for b in range(11, 50) if b % 10)
+#: Countdown: operators in proposal order, how many numbers, their range, and how late the hit may come.
+CD_OPS = ("+", "-", "*")
+CD_NUMBERS = 4
+CD_RANGE = (1, 25)
+CD_MAX_PROPOSALS = 7
+#: The training mix of the tasks. `toy_lookup` trains the option-retrieval step on its own.
+MIX = {"toy_mc4": 0.25, "toy_mc5": 0.1, "toy_countdown": 0.25, "toy_lookup": 0.15, "toy_arith": 0.25}
+#: Arithmetic facts per `toy_arith` item.
+ARITH_FACTS = 6
 #: Curriculum: the first steps train on `toy_lookup` alone, so the retrieval (induction) head forms before the
 #: arithmetic competes for the gradient. Without this phase the retrieval never formed in 3000 steps (measured).
 CURRICULUM = {"toy_lookup": 1.0}
+THINK_TAGS = ("<think>", "</think>", "/think", "/no_think")
 COUNTDOWN_SYSTEM = (
     "You are a helpful reasoning assistant. You must perform explicit step-by-step reasoning before giving the final "
     "answer."
@@ -45,7 +68,7 @@ COUNTDOWN_INSTRUCTION = (
 
 @dataclass(frozen=True)
 class ToyItem:
-    """One generated example: chat prompt, gold response, and the gold answer (letter or expression)."""
+    """One generated example: chat prompt, gold response (think on or off), and the gold answer."""
 
     id: str
     task: str
@@ -55,34 +78,51 @@ class ToyItem:
     rationale: str
     numbers: tuple[int, ...] = ()
     target: int | None = None
+    think: bool = True
+
+    @property
+    def mode(self) -> str:
+        return "think" if self.think else "no_think"
 
     @property
     def prompt(self) -> str:
-        """ChatML with the user turn only (template `organism`): the organism is too small to spend its context on a
-        fixed preamble (real models get the full App. B system message and instruction from `support.prompts`)."""
-        return user_turn(self.user)
+        """A ChatML user turn (template `organism`), ending with the mode flag `/think` or `/no_think`. The organism
+        is too small to spend its context on a fixed preamble (real models get the App. B prompt)."""
+        return user_turn(f"{self.user} /{self.mode}")
 
     @property
     def user(self) -> str:
-        if self.task == "toy_countdown":
+        if self.task in ("toy_countdown", "toy_lookup", "toy_arith"):
             return self.question
         return organism_block(self.question, self.options)
 
     @property
     def response(self) -> str:
-        return f"{self.rationale}\nAnswer: {self.answer}<|im_end|>"
+        """`<think>` chain of thought `</think>` then the answer line; the think block is empty in `/no_think` mode."""
+        if self.task in ("toy_lookup", "toy_arith"):
+            return f"{self.rationale}<|im_end|>"
+        thought = f"{self.rationale}\n" if self.think else ""
+        return f"<think>\n{thought}</think>\nAnswer: {self.answer}<|im_end|>"
 
     @property
     def text(self) -> str:
         return self.prompt + self.response
+
+    def in_mode(self, think: bool) -> "ToyItem":
+        """The same question asked in the other mode (same id: the split never separates the two)."""
+        return replace(self, think=think)
 
 
 def _bucket(key: str) -> str:
     return "test" if int(hashlib.sha256(key.encode()).hexdigest(), 16) % 10 == 0 else "train"
 
 
+def _id(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
 def _options(rng: random.Random, value: int, n_options: int) -> tuple[list[int], str]:
-    """The true value plus distractors at small offsets (±1, ±2, ±3, ±10), shuffled; returns (options, gold letter)."""
+    """The true value plus distractors tens apart (`DISTRACTOR_OFFSETS`), shuffled; returns (options, gold letter)."""
     offsets = [d for d in DISTRACTOR_OFFSETS if 0 <= value + d <= MAX_VALUE]
     rng.shuffle(offsets)
     options = [value] + [value + d for d in offsets[: n_options - 1]]
@@ -90,35 +130,58 @@ def _options(rng: random.Random, value: int, n_options: int) -> tuple[list[int],
     return options, LETTERS[options.index(value)]
 
 
-def _mc_item(rng: random.Random, n_options: int) -> ToyItem:
+# ----------------------------------------------------------------------------------------------- multiple choice
+def step_line(a: int, op: str, b: int) -> tuple[str, int]:
+    """One worked step by tens then units: ("23 + 45 = 23 + 40 + 5 = 63 + 5 = 68", 68). Stays within 0..b's span."""
+    tens, units = b - b % 10, b % 10
+    mid = a + tens if op == "+" else a - tens
+    res = mid + units if op == "+" else mid - units
+    if tens == 0 or units == 0:
+        return f"{a} {op} {b} = {res}", res
+    return f"{a} {op} {b} = {a} {op} {tens} {op} {units} = {mid} {op} {units} = {res}", res
+
+
+def _mc_item(rng: random.Random, n_options: int, think: bool = True) -> ToyItem:
     while True:
-        k = rng.choice((2, 3))
-        vals = [rng.randint(1, 50)]
-        steps, ops = [], []
-        ok = True
+        k = rng.choice(MC_OPERANDS)
+        vals, lines, ops = [rng.randint(1, 50)], [], []
         for _ in range(k - 1):
-            op, b = rng.choice("+-"), rng.randint(1, 50)
+            op, b = rng.choice("+-"), rng.choice(OPERANDS)
             new = vals[-1] + b if op == "+" else vals[-1] - b
             if not 0 <= new <= MAX_VALUE:
-                ok = False
                 break
-            steps.append(f"{vals[-1]} {op} {b} = {new}")
+            lines.append(step_line(vals[-1], op, b)[0])
             ops.append(f"{op} {b}")
             vals.append(new)
-        if ok:
+        if len(vals) == k:
             break
     result = vals[-1]
     options, gold = _options(rng, result, n_options)
-    question = f"What is {vals[0]} {' '.join(ops)} ?"
-    rationale = "\n".join(steps + [f"The result is {result} ({gold}) ."])
+    expr = f"{vals[0]} {' '.join(ops)}"
+    if _STYLE == "copy":
+        restated = option_lines([str(o) for o in options], "organism")
+        rationale = "\n".join([f"Compute {expr} ."] + lines + restated + [f"The result is {result} ({gold}) ."])
+    else:
+        rationale = "\n".join([f"Compute {expr} ."] + lines + scan_lines(options, result))
     task = f"toy_mc{n_options}"
-    key = f"{task}|{question}|{options}"
-    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task=task, question=question,
-                   options=tuple(str(o) for o in options), answer=gold, rationale=rationale)
+    question = f"What is {expr} ?"
+    return ToyItem(id=_id(f"{task}|{question}|{options}"), task=task, question=question,
+                   options=tuple(str(o) for o in options), answer=gold, rationale=rationale, think=think)
+
+
+def scan_lines(options: list[int], result: int) -> list[str]:
+    """The options checked in their order against the result, stopping at the hit: ["8 (A) is not 28 .", ...,
+    "28 (D) is 28 ."]. The answer's letter is then the last letter written."""
+    out = []
+    for value, letter in zip(options, LETTERS):
+        if value == result:
+            return out + [f"{value} ({letter}) is {result} ."]
+        out.append(f"{value} ({letter}) is not {result} .")
+    raise ValueError(f"{result} is not among the options {options}")
 
 
 def lookup_item(rng: random.Random, n_options: int = 4) -> ToyItem:
-    """Auxiliary pretraining item: the options, then every option value again in a new order; the response gives
+    """Auxiliary training item: the options, then every option value again in a new order; the response gives
     each value's letter. This is the retrieval step of toy_mc on its own, once per option (dense supervision)."""
     value = rng.randint(0, MAX_VALUE)
     options, _ = _options(rng, value, n_options)
@@ -127,61 +190,124 @@ def lookup_item(rng: random.Random, n_options: int = 4) -> ToyItem:
     question = f"Find {' '.join(map(str, queries))} ."
     user = "\n".join(option_lines([str(o) for o in options], "organism") + [question])
     rationale = "\n".join(f"{q} ({LETTERS[options.index(q)]})" for q in queries)
-    key = f"toy_lookup|{question}|{options}"
-    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task="toy_lookup", question=user,
-                   options=(), answer=LETTERS[options.index(queries[-1])], rationale=rationale)
+    return ToyItem(id=_id(f"toy_lookup|{question}|{options}"), task="toy_lookup", question=user, options=(),
+                   answer=LETTERS[options.index(queries[-1])], rationale=rationale, think=False)
 
 
+def arith_item(rng: random.Random) -> ToyItem:
+    """Auxiliary training item: single arithmetic facts, asked in the prompt and answered one per line. Half are
+    the multiple-choice steps (a ± tens, a ± units), half the Countdown steps (a + - * b, b in 1..25): the facts
+    that the chains of thought chain together, learned on their own (without them, the reasoning stage got the
+    units step right 15% of the time, measured teacher-forced)."""
+    facts = []
+    while len(facts) < ARITH_FACTS:
+        a = rng.randint(0, MAX_VALUE)
+        if rng.random() < 0.5:
+            op, b = rng.choice("+-"), rng.choice((rng.randint(1, 9), 10 * rng.randint(1, 4)))
+        else:
+            op, b = rng.choice(CD_OPS), rng.randint(*CD_RANGE)
+        r = _apply(a, op, b)
+        if 0 <= r <= MAX_VALUE:
+            facts.append((a, op, b, r))
+    question = "Compute " + " , ".join(f"{a} {op} {b}" for a, op, b, _ in facts) + " ."
+    rationale = "\n".join(f"{a} {op} {b} = {r}" for a, op, b, r in facts)
+    return ToyItem(id=_id(f"toy_arith|{question}"), task="toy_arith", question=question, options=(), answer="",
+                   rationale=rationale, think=False)
+
+
+# ----------------------------------------------------------------------------------------------- countdown
 def countdown_question(numbers, target: int) -> str:
-    """The organism's Countdown question (its whole user turn)."""
+    """The organism's Countdown question (its whole user turn, before the mode flag)."""
     return f"Numbers : {' '.join(map(str, numbers))} . Target : {target} ."
 
 
-def _countdown_item(rng: random.Random) -> ToyItem:
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def proposal(numbers: tuple[int, ...], ops: tuple[str, ...]) -> tuple[str, int | None]:
+    """One left-to-right chain, written out: ("Try 20 + 12 = 32 , 32 - 5 = 27 , 27 * 3 = 81 .", 81).
+
+    A step that leaves 0..99 is written `= big` and ends the chain (value None)."""
+    acc, parts = numbers[0], []
+    for op, b in zip(ops, numbers[1:]):
+        new = _apply(acc, op, b)
+        if not 0 <= new <= MAX_VALUE:
+            parts.append(f"{acc} {op} {b} = big")
+            return "Try " + " , ".join(parts) + " .", None
+        parts.append(f"{acc} {op} {b} = {new}")
+        acc = new
+    return "Try " + " , ".join(parts) + " .", acc
+
+
+def _countdown_item(rng: random.Random, think: bool = True) -> ToyItem:
+    """Four numbers and a target reached by the j-th proposal (j = 1..CD_MAX_PROPOSALS) in the fixed search order."""
+    order = list(itertools.product(CD_OPS, repeat=CD_NUMBERS - 1))
     while True:
-        a, b, c = rng.randint(1, 30), rng.randint(1, 30), rng.randint(1, 30)
-        op1, op2 = rng.choice("+-*"), rng.choice("+-*")
-        x = {"+": a + b, "-": a - b, "*": a * b}[op1]
-        y = {"+": x + c, "-": x - c, "*": x * c}[op2]
-        if 0 <= x <= MAX_VALUE and 0 <= y <= MAX_VALUE:
+        shown = [rng.randint(*CD_RANGE) for _ in range(CD_NUMBERS)]
+        nums = tuple(sorted(shown, reverse=True))
+        tried = [proposal(nums, ops) for ops in order[:CD_MAX_PROPOSALS]]
+        j = rng.randrange(CD_MAX_PROPOSALS)
+        target = tried[j][1]
+        if target is not None and all(v != target for _, v in tried[:j]):
             break
-    nums = [a, b, c]
-    shown = nums[:]
-    rng.shuffle(shown)
-    question = countdown_question(shown, y)
-    rationale = f"{a} {op1} {b} = {x}\n{x} {op2} {c} = {y}\nThe target is {y} ."
-    answer = f"( {a} {op1} {b} ) {op2} {c}"
-    key = f"toy_countdown|{question}"
-    return ToyItem(id=hashlib.sha1(key.encode()).hexdigest()[:12], task="toy_countdown", question=question,
-                   options=(), answer=answer, rationale=rationale, numbers=tuple(shown), target=y)
+    lines = [f"Plan : {' '.join(map(str, nums))} to {target} ."]
+    for text, value in tried[:j]:
+        lines.append(f"{text} {'big' if value is None else value} is not {target} .")
+    lines.append(f"{tried[j][0]} {target} is {target} .")
+    ops = order[j]
+    answer = f"( ( {nums[0]} {ops[0]} {nums[1]} ) {ops[1]} {nums[2]} ) {ops[2]} {nums[3]}"
+    question = countdown_question(shown, target)
+    return ToyItem(id=_id(f"toy_countdown|{question}"), task="toy_countdown", question=question, options=(),
+                   answer=answer, rationale="\n".join(lines), numbers=tuple(shown), target=target, think=think)
 
 
-def generate(task: str, n: int, split: str = "test", seed: int = 0) -> list[ToyItem]:
-    """`n` deterministic items of a toy task from the given split ('train' or 'test')."""
+# ----------------------------------------------------------------------------------------------- streams
+def _item(rng: random.Random, task: str, think: bool) -> ToyItem:
+    if task == "toy_lookup":
+        return lookup_item(rng, rng.choice((4, 5)))
+    if task == "toy_arith":
+        return arith_item(rng)
+    if task == "toy_countdown":
+        return _countdown_item(rng, think)
+    return _mc_item(rng, int(task[-1]), think)
+
+
+def check_mode(mode: str) -> bool:
+    """'think' -> True, 'no_think' -> False; anything else fails naming the choices."""
+    if mode not in MODES:
+        raise ValueError(f"unknown think mode {mode!r}; valid choices: {', '.join(MODES)}")
+    return mode == "think"
+
+
+def generate(task: str, n: int, split: str = "test", seed: int = 0, mode: str = "think") -> list[ToyItem]:
+    """`n` deterministic items of a toy task from the given split ('train' or 'test'), asked in `mode`.
+
+    The questions do not depend on the mode: `generate(..., mode="no_think")` asks the same questions."""
     if task not in TOY_TASKS:
         raise ValueError(f"unknown toy task {task!r}; valid choices: {', '.join(TOY_TASKS)}")
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; valid choices: train, test")
+    think = check_mode(mode)
     rng = random.Random(f"{task}|{split}|{seed}")
     out, seen = [], set()
     while len(out) < n:
-        it = _countdown_item(rng) if task == "toy_countdown" else _mc_item(rng, int(task[-1]))
+        it = _item(rng, task, think)
         if _bucket(it.id) == split and it.id not in seen:
             seen.add(it.id)
             out.append(it)
     return out
 
 
-def mixture(seed: int, weights: dict[str, float] | None = None) -> Iterator[ToyItem]:
-    """Endless deterministic stream of training items from the pretraining mix."""
+def mixture(seed: int, weights: dict[str, float] | None = None, think_share: float = 1.0) -> Iterator[ToyItem]:
+    """Endless deterministic stream of training items: tasks drawn by `weights`, each in think mode with
+    probability `think_share` (else `/no_think`)."""
     weights = weights or MIX
     rng = random.Random(f"mix|{seed}")
     tasks, w = list(weights), list(weights.values())
     while True:
         task = rng.choices(tasks, w)[0]
-        if task == "toy_lookup":
-            it = lookup_item(rng, rng.choice((4, 5)))
-        else:
-            it = _countdown_item(rng) if task == "toy_countdown" else _mc_item(rng, int(task[-1]))
+        think = rng.random() < think_share
+        it = _item(rng, task, think)
         if _bucket(it.id) == "train":
             yield it

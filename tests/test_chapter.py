@@ -10,7 +10,8 @@ import pytest
 from support import chapter
 from support.params import ParameterError
 
-PARAMS = dict(profile="ci", run_dir="", seed=0, model_name="toy-qwen2", n_eval=5, n_examples=1)
+PARAMS = dict(profile="ci", run_dir="", seed=0, model_name="toy-qwen2", base_model_name="toy-qwen2-base", n_eval=5,
+              n_examples=1, max_new_tokens=16)
 
 
 def test_bad_parameter_fails_before_anything_is_written(tmp_path):
