@@ -22,7 +22,8 @@ RSS, VmHWM after resetting it via /proc/self/clear_refs, with glibc's mmap thres
 to the OS; CUDA: `torch.cuda.max_memory_allocated`). Next to it, the analytic size of the two float32 buffers the
 method keeps (Δz for S senders and summed gradients for R receivers): `eapig_bytes_per_token` = (S + R)·d·4, the
 part of the footprint that grows with B·T and does not depend on m; `peak_bytes_per_token` is the measured peak
-divided by B·T at the longest sequence.
+divided by B·T at the longest sequence (it includes the fixed part, such as the float32 logits row over a 151936-token
+vocabulary, so it overstates the per-token cost at short sequences).
 
 Prints one `name = value` line per figure; per-grid lines are named `<config>_T<T>_m<m>_<figure>`.
 """

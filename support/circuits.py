@@ -5,7 +5,8 @@ writes into the residual stream (the embedding `hook_embed`, one head's `attn.ho
 `hook_mlp_out`); a *receiver* reads it (a head's query input `attn.hook_q_input`, a K/V head's key and value inputs
 `attn.hook_k_input` / `attn.hook_v_input`, an MLP's `hook_mlp_in`, and the final residual `ln_final.hook_in`, which
 the logits read). Every sender is wired to every receiver downstream of it; on the bridge every receiver input is
-*exactly* the sum of its upstream senders (checked in the tests), which is what makes edge-level patching exact.
+the sum of its upstream senders (exactly, for Qwen2/Qwen3/Llama: checked in the tests; a bias outside the heads would
+add a constant, which cancels in every clean − corrupted difference), so edge-level patching is exact.
 Scores live in one float32 matrix [n_senders, n_receivers]; `edge_mask` marks the real (upstream) pairs.
 
 **Grouped-query attention.** Receivers follow the model: a layer has H query receivers but only G key and G value

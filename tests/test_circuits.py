@@ -271,6 +271,20 @@ def test_patching_every_edge_gives_corrupted_and_none_gives_clean(arch, gqa):
     assert (last_logits(b, clean) - last_logits(b, corrupted)).abs().max() > 1e-2  # the pairs do differ
 
 
+def test_eapig_ranks_edges_like_exact_patching_better_than_eap(gqa):
+    """Every edge of the tiny random GQA model, exact single-edge patching against EAP and EAP-IG (logit_diff,
+    m = 16). Measured Spearman 0.947 (EAP-IG) vs 0.839 (EAP); Pearson 0.994 vs 0.823."""
+    from scipy.stats import spearmanr
+
+    clean, corrupted, answers = random_pairs(4, 8, seed=5)
+    e = C.eap(gqa, clean, corrupted, answers)
+    ig = C.attribute(gqa, clean, corrupted, answers, metric="logit_diff", m=16)
+    edges = torch.nonzero(e.edge_mask).tolist()
+    exact = C.exact_edge_scores(gqa, clean, corrupted, edges, answers, metric="logit_diff")
+    rho = [spearmanr(torch.stack([g.scores[s, r] for s, r in edges]), exact).statistic for g in (e, ig)]
+    assert rho[1] > rho[0] + 0.05 and rho[1] > 0.9, rho
+
+
 def test_organism_patching_and_eapig_against_exact_single_edges(toy):
     """On the trained organism (toy-qwen2, 6 layers, GQA 8/4): exact patching reproduces both runs; EAP-IG
     (logit_diff, m = 16) tracks exact single-edge patching far better in value than EAP and gives more faithful
