@@ -48,6 +48,8 @@ bench: install
 	$(BIN)/python bench/bench_tracing.py
 	$(BIN)/python bench/bench_finetune.py
 	$(BIN)/python bench/bench_rl.py
+	$(BIN)/python bench/bench_circuits.py
+	$(BIN)/python bench/bench_interventions.py
 
 organism: install
 	$(BIN)/python -m support.organism train

@@ -9,5 +9,5 @@ _warnings.filterwarnings("ignore", message="IProgress not found")
 __all__ = ["errors", "artifacts", "prompts", "scoring", "papers",
            "heads", "records", "toydata", "tasks",
            "models", "decoding", "readout", "training",
-           "tracing", "selection", "finetune", "evaluation", "organism", "rhythm", "rl",
+           "tracing", "selection", "finetune", "evaluation", "organism", "rhythm", "rl", "circuits", "interventions",
            "plots", "params", "chapter", "run"]

@@ -18,7 +18,8 @@ LAYERS = [
     {"heads", "records", "toydata"},  # heads and data records
     {"tasks"},  # the data layer
     {"models", "decoding", "readout", "training"},  # shared pieces
-    {"tracing", "selection", "finetune", "evaluation", "organism", "rhythm", "rl"},  # methods
+    {"tracing", "selection", "finetune", "evaluation", "organism", "rhythm", "rl", "circuits",
+     "interventions"},  # methods
     {"plots", "params"},  # what chapters use to present and configure
     {"chapter", "run"},  # the chapter helper and the runner
 ]
