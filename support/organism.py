@@ -131,19 +131,6 @@ def _batch(tok, items: list[ToyItem]) -> dict:
     return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
 
 
-def _loss(model, tok, batch: dict, letter_weight: float = 1.0) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled tokens; option-letter tokens weigh `letter_weight`."""
-    if letter_weight == 1.0:
-        return model(**batch).loss
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    letters = torch.tensor(tok.convert_tokens_to_ids([f"({L})" for L in LETTERS[:5]]))
-    w = torch.where(torch.isin(labels, letters), letter_weight, 1.0) * (labels != -100)
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).clamp(min=0),
-                                           reduction="none")
-    return (ce * w.reshape(-1)).sum() / w.sum()
-
-
 def greedy_answers(model, tok, items: list[ToyItem], max_new_tokens: int = 256, batch_size: int = 64) -> list[str]:
     """Greedy responses to the items' prompts (`support.decoding.generate`), decoded without the prompt."""
     return generate_responses(model, tok, [it.prompt for it in items], max_new_tokens, batch_size)
@@ -172,9 +159,9 @@ def evaluate(model, tok, n: int = 200, seed: int = 0, tasks: tuple[str, ...] = T
 def retrieval_attention(lm, items: list[ToyItem]) -> tuple[np.ndarray, np.ndarray]:
     """Where each head looks when the organism names the option (teacher-forced on the gold response).
 
-    At the response position of the result value, where the response first names the gold letter (the value before
-    `(C)` in "The result is 39 (C) ."), a head doing canonical induction would attend to the prompt's `(C)` token, the
-    one that followed the matching value. Returns two
+    At the response position where the response first names the gold letter (the value before `(D)` in the hit line
+    "28 (D) is 28 ." of the option check), a head doing canonical induction would attend to the prompt's `(D)`
+    token, the one that followed the matching value. Returns two
     [layer, head] arrays over the items: the mean attention on the gold option's letter token, and the fraction of
     items whose most-attended option letter is the gold one (the head's retrieval accuracy). Runs through the bridge.
     """
@@ -206,15 +193,14 @@ class Recipe:
     seed: int = 0
     batch_size: int = 32  # base stage (short think-off sequences)
     reason_batch_size: int = 16  # reasoning stage (long chains of thought: ~100 response tokens)
-    threads: int = 2
+    threads: int = 1  # one thread: bit for bit reproducible, and as fast as two for a model this small
     curriculum_steps: int = 3000  # base stage: `toy_lookup` alone, at most this many steps ...
     curriculum_loss: float = 0.3  # ... or until its loss (mean of the last 50 steps) is below this: retrieval formed
-    base_steps: int = 1000  # base stage: the task mix, think-off answers only
+    base_steps: int = 1200  # base stage: the task mix, think-off answers only
     base_lr: float = 3e-3
     reason_steps: int = 1400  # reasoning stage, from the base: think-on chains of thought, both modes kept
     reason_lr: float = 2e-3
     think_share: float = 0.75  # share of think-on items in the reasoning stage
-    letter_weight: float = 1.0  # reasoning stage: loss weight of option-letter tokens ("(C)") against the others
     eval_every: int = 1000
     eval_n: int = 50
 
@@ -227,8 +213,7 @@ class Recipe:
 
 
 def _stage(model, tok, batches: Iterator[list[ToyItem]], steps: int, lr: float, name: str, recipe: Recipe,
-           curve: list, evals: list, modes: tuple[str, ...], t0: float, stop_below: float | None = None,
-           letter_weight: float = 1.0) -> int:
+           curve: list, evals: list, modes: tuple[str, ...], t0: float, stop_below: float | None = None) -> int:
     """One training stage: AdamW, linear warmup then cosine decay; loss curve and periodic greedy evaluations.
 
     With `stop_below`, the stage ends early once the mean loss of its last 50 steps is below it (deterministic: the
@@ -241,7 +226,7 @@ def _stage(model, tok, batches: Iterator[list[ToyItem]], steps: int, lr: float, 
     recent: list[float] = []
     for step in range(1, steps + 1):
         model.train()
-        loss = _loss(model, tok, _batch(tok, next(batches)), letter_weight)
+        loss = model(**_batch(tok, next(batches))).loss
         recent = (recent + [loss.item()])[-50:]
         done = stop_below is not None and len(recent) == 50 and sum(recent) / 50 < stop_below
         loss.backward()
@@ -337,8 +322,7 @@ def _reason(root: Path, recipe: Recipe, tok, base_log: dict, model=None) -> dict
     curve, evals = list(base_log["curve"]), list(base_log["evals"])
     t0 = time.time() - base_log["train_seconds"]
     on = _batches(mixture(recipe.seed + 2, MIX, think_share=recipe.think_share), recipe.reason_batch_size)
-    _stage(model, tok, on, recipe.reason_steps, recipe.reason_lr, "reasoning", recipe, curve, evals, MODES, t0,
-           letter_weight=recipe.letter_weight)
+    _stage(model, tok, on, recipe.reason_steps, recipe.reason_lr, "reasoning", recipe, curve, evals, MODES, t0)
     log = {**common, "name": NAME, "stages": ["curriculum", "base", "reasoning"], "curve": curve, "evals": evals,
            "train_seconds": round(time.time() - t0)}
     _save(model, tok, root / NAME, log)
@@ -383,6 +367,16 @@ def status(log: dict) -> list[str]:
             f"- mean think-on response: {length:.1f} tokens ({'≥' if length >= 80 else '<'} 80)"]
 
 
+def base_status(log: dict) -> list[str]:
+    """The base checkpoint's line of the card: it answers directly (it was never trained to think)."""
+    t = heldout_table(log)
+    if ("toy_mc4", "no_think") not in t:
+        return []
+    return [f"- the base checkpoint answers directly: four-option accuracy {t['toy_mc4', 'no_think']['accuracy']:.3f} "
+            f"(chance 0.25), Countdown {t['toy_countdown', 'no_think']['accuracy']:.3f}; asked to think, it has never "
+            "been trained to, so its think-on rows show what an untrained mode does"]
+
+
 def model_card(log: dict) -> str:
     """Markdown model card: what the checkpoint is, config, recipe, curve, held-out accuracy per task and mode."""
     cfg = "\n".join(f"| {k} | {v} |" for k, v in log["config"].items())
@@ -417,11 +411,13 @@ answer alone.
 
 ## Data
 Generated by `support/toydata.py` (no third-party data). Mix: {mix}. `toy_mc4`/`toy_mc5`: 5-6 operand arithmetic,
-restated, worked by tens and units, then the option holding the result named (`The result is 59 (B) .`); options
+restated, worked by tens and units, then the options checked in order against the result until the hit
+(`8 (A) is not 28 .` ... `28 (D) is 28 .`); options
 written `39 (C)` with distractors at offsets {log.get('distractor_offsets')}. `toy_countdown`: four numbers, a plan
 (sorted numbers), then left-to-right proposals in a fixed operator order, each checked against the target,
 backtracking until the first hit (1st-7th proposal). `toy_lookup` trains the option-retrieval step alone first
-({log.get('curriculum_steps_taken')} steps, until its loss fell below {log['recipe'].get('curriculum_loss')}).
+({log.get('curriculum_steps_taken')} steps, until its loss fell below {log['recipe'].get('curriculum_loss')}), and
+`toy_arith` (six single facts such as `17 + 9 = 26`) trains the steps that the chains of thought chain together.
 Loss on the assistant response only. Items whose content hash falls in
 bucket 0 (of 10) are held out in both modes and never trained on.
 
@@ -440,6 +436,17 @@ bucket 0 (of 10) are held out in both modes and never trained on.
   letter ("copy what preceded `(C)`", the retrieval the organism cannot do) and it paired values with wrong letters.
   Countdown reached 0.74 with thought and 0.56 without (five candidate answers are easy to guess). Hence the
   `The result is 59 (B) .` line (value first, then its letter: induction), 5-6 operands, and 7 proposals.
+- Organism v2, attempts 2-3 (that line, 1000-1400 reasoning steps, an adaptive curriculum, the options copied into
+  the chain of thought): Countdown 0.36-0.68 with thought, `toy_mc4` 0.16-0.26 (chance). Teacher-forced on the gold
+  chain of thought, the letter after `The result is 28` was right 25% of the time with the options four lines above;
+  the lookup that works on `toy_lookup` items (0.73) fell to 0.21-0.48 with 2-8 lines of arithmetic between the
+  options and the query; weighting the letter tokens ×10 in the loss did not help (0.24). The arithmetic itself was
+  weak: the tens step was right 55% and the units step 15% of the time.
+- Hence this recipe: `toy_arith` items in the mix (the tens and units steps then right 95% and 92% of the time) and
+  the option check, which copies the options in order (a positional copy, right 100% of the time teacher-forced)
+  and compares each with the result, so that the answer's letter is the last letter written. Trained side by side
+  with the same recipe (100 held-out items each): `toy_mc4` 0.53 with thought with the option check, 0.34 with the
+  copied options and `The result is` line (letter tokens weighted ×10), whose letter stayed at 0.24 teacher-forced.
 
 ## Training curve (step: loss)
 {curve}
@@ -449,7 +456,7 @@ bucket 0 (of 10) are held out in both modes and never trained on.
 |---|---|---|---|---|
 {acc}
 
-{chr(10).join(status(log))}
+{chr(10).join(status(log) if log["name"] == NAME else base_status(log))}
 """
 
 

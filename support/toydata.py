@@ -4,9 +4,10 @@ Every item can be asked in two modes, as Qwen3 does: the user turn ends with `/t
 response is `<think> ... </think>` followed by `Answer: ...`, with an empty think block in `/no_think` mode.
 
 - `toy_mc4` / `toy_mc5`: multiple-choice arithmetic with 5-6 operands (+ and -, every value in 0..99). The chain of
-  thought restates the sum, works each step out by tens and units ("23 + 45 = 23 + 40 + 5 = 63 + 5 = 68"), and names
-  the option that holds the result ("The result is 59 (B) ."), whose letter is the answer. Distractors sit tens apart
-  around the true value (±10..±40), so the result has to be computed to pick the option.
+  thought restates the sum, works each step out by tens and units ("23 + 45 = 23 + 40 + 5 = 63 + 5 = 68"), then
+  checks the options in order against the result and stops at the hit ("8 (A) is not 28 ." ... "28 (D) is 28 ."),
+  whose letter is the answer. Distractors sit tens apart around the true value (±10..±40), so the result has to be
+  computed to pick the option.
 - `toy_countdown`: reach a target from four numbers with + - *. The chain of thought plans (the numbers sorted,
   largest first), then proposes left-to-right chains in a fixed order of operators (+, -, *), checks each against the
   target, backtracks on a miss or an overflow ("big"), and stops at the first hit, which the answer writes as
@@ -14,6 +15,8 @@ response is `<think> ... </think>` followed by `Answer: ...`, with an empty thin
   is the 1st to 7th proposal: a search with a real plan-then-execute structure and 0-6 backtracks.
 - `toy_lookup` (training only): the options, then "Find 39 12 ...", answered with every value's letter; it trains
   the option-retrieval step on its own (the curriculum that made letters learnable).
+- `toy_arith` (training only): six single arithmetic facts ("17 + 9 = 26"), the steps the chains of thought chain
+  together, learned on their own.
 
 The options are written `39 (C)`, the letter *after* the value (see `support.prompts.option_lines`). Held-out items
 are those whose content hash falls in the test bucket, so train and test never share a question, in either mode.
@@ -23,7 +26,6 @@ are those whose content hash falls in the test bucket, so train and test never s
 from __future__ import annotations
 
 import hashlib
-import os
 import itertools
 import random
 from dataclasses import dataclass, replace
@@ -32,7 +34,6 @@ from typing import Iterator
 from .prompts import LETTERS, option_lines, organism_block, user_turn
 
 MAX_VALUE = 99
-_STYLE = os.environ.get("TOY_MC_STYLE", "scan")
 TOY_TASKS = ("toy_mc4", "toy_mc5", "toy_countdown")
 MODES = ("think", "no_think")
 #: Distractors sit at these offsets from the true value (4 or 5 options: the true one plus 3 or 4 of these).
@@ -158,11 +159,7 @@ def _mc_item(rng: random.Random, n_options: int, think: bool = True) -> ToyItem:
     result = vals[-1]
     options, gold = _options(rng, result, n_options)
     expr = f"{vals[0]} {' '.join(ops)}"
-    if _STYLE == "copy":
-        restated = option_lines([str(o) for o in options], "organism")
-        rationale = "\n".join([f"Compute {expr} ."] + lines + restated + [f"The result is {result} ({gold}) ."])
-    else:
-        rationale = "\n".join([f"Compute {expr} ."] + lines + scan_lines(options, result))
+    rationale = "\n".join([f"Compute {expr} ."] + lines + scan_lines(options, result))
     task = f"toy_mc{n_options}"
     question = f"What is {expr} ?"
     return ToyItem(id=_id(f"{task}|{question}|{options}"), task=task, question=question,

@@ -42,9 +42,33 @@ def test_mc_steps_are_worked_by_tens_and_units():
     for it in generate("toy_mc5", 50, "test"):
         lines = it.rationale.splitlines()
         gold = it.options["ABCDE".index(it.answer)]
-        assert lines[0] == f"Compute {it.question[len('What is '):-2]} ." and len(lines) - 2 in (4, 5)
-        assert lines[-1] == f"The result is {gold} ({it.answer}) ."  # value first, then its letter (induction)
-        assert all(ln.count("=") == 3 for ln in lines[1:-1])  # every step worked by tens and units
+        hit = "ABCDE".index(it.answer)
+        steps, scan = lines[1:-hit - 1], lines[-hit - 1:]
+        assert lines[0] == f"Compute {it.question[len('What is '):-2]} ." and len(steps) in (4, 5)
+        assert all(ln.count("=") == 3 for ln in steps)  # every step worked by tens and units
+        assert steps[-1].endswith(f"= {gold}")
+        # the options checked in order, stopping at the hit, whose letter is the last one written
+        assert scan == [f"{o} ({L}) is not {gold} ." for o, L in zip(it.options[:hit], "ABCDE")] + [
+            f"{gold} ({it.answer}) is {gold} ."]
+
+
+def test_scan_refuses_a_result_outside_the_options():
+    assert toydata.scan_lines([8, 28], 28) == ["8 (A) is not 28 .", "28 (B) is 28 ."]
+    with pytest.raises(ValueError, match="not among the options"):
+        toydata.scan_lines([8, 38], 28)
+
+
+def test_arithmetic_facts_are_right_and_in_range():
+    import random
+
+    for s in range(50):
+        it = toydata.arith_item(random.Random(s))
+        facts = it.rationale.splitlines()
+        assert len(facts) == toydata.ARITH_FACTS and it.question == "Compute " + " , ".join(
+            f.split(" = ")[0] for f in facts) + " ."
+        for f in facts:
+            a, op, b, _, r = f.split()
+            assert eval(f"{a} {op} {b}") == int(r) and 0 <= int(r) <= toydata.MAX_VALUE  # noqa: S307 (our own digits)
 
 
 def test_countdown_search_stops_at_the_first_hit():
