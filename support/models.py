@@ -25,9 +25,11 @@ TOKENIZER_SUBDIR = "tokenizer"
 #: Real models the book's profiles use (any TransformerLens-supported hub name is accepted too).
 KNOWN_HUB_MODELS = (
     "Qwen/Qwen2.5-0.5B-Instruct",
+    "Qwen/Qwen2.5-0.5B",
     "Qwen/Qwen2.5-1.5B-Instruct",
     "Qwen/Qwen3-0.6B",
     "Qwen/Qwen3-8B",
+    "Qwen/Qwen3-8B-Base",
     "Qwen/Qwen3-0.6B-Base",
     "Qwen/Qwen3-4B-Base",
     "meta-llama/Llama-2-7b-chat-hf",

@@ -17,7 +17,7 @@ from support.decoding import DecodeConfig, encode_prompt, generate_ids, greedy_d
 from support.errors import ParameterError
 from support.heads import HeadSet
 
-LAYER2 = [(2, h) for h in range(8)]  # every head of the organism's layer 2 (6 layers x 8 query heads, 4 K/V heads)
+LAYER2 = [(2, h) for h in range(8)]  # every head of the organism's layer 2 (8 layers x 8 query heads, 4 K/V heads)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_hook_z_is_the_pre_wo_head_output_and_sites_follow_the_model(toy, pair):
     _, cache = toy.bridge.run_with_cache(IDS, names_filter=lambda n: n.endswith("attn.hook_z"))
     assert tuple(cache["blocks.2.attn.hook_z"].shape) == (1, IDS.shape[1], 8, 16)  # [B, T, H, d_head]
     s = iv.hook_sites(toy)
-    assert (s.kind, s.n_layers, s.n_heads, s.d_head) == ("hook_z", 6, 8, 16)
+    assert (s.kind, s.n_layers, s.n_heads, s.d_head) == ("hook_z", toy.n_layers, 8, 16)
     assert s.modules[2] is toy.bridge.hook_dict["blocks.2.attn.hook_z"]
     assert iv.hook_sites(toy.bridge).modules == s.modules == iv.hook_sites(toy.hf_model).modules
     p = iv.hook_sites(plain)
@@ -123,13 +123,13 @@ def test_run_with_cache_keeps_the_intervention_and_caches_the_intervened_z(toy):
 # ----------------------------------------------------------------------------------------------- generation
 def test_generation_under_an_intervention_matches_teacher_forcing(toy, prompt_ids):
     ops = [iv.Ablate(LAYER2)]
-    cfg = DecodeConfig(max_new_tokens=40)
+    cfg = DecodeConfig(max_new_tokens=200)  # think-on chains of thought run to ~110 tokens
     plain = greedy_decode(toy, prompt_ids, cfg).tokens
     with iv.intervene(toy, ops):
         gen = greedy_decode(toy, prompt_ids, cfg)  # KV cache, HF modules, per-head results off
         full = torch.cat([prompt_ids, torch.tensor([gen.tokens])], 1)
         logits = toy.bridge(full)[0]  # teacher forcing on the bridge, per-head results on
-        hf_gen = generate_ids(toy.hf_model, toy.tokenizer, [toy.tokenizer.decode(prompt_ids[0])], 40)[0][1]
+        hf_gen = generate_ids(toy.hf_model, toy.tokenizer, [toy.tokenizer.decode(prompt_ids[0])], 200)[0][1]
     p = prompt_ids.shape[1]
     assert gen.stop_reason == "eos"
     assert logits[p - 1:-1].argmax(-1).tolist() == gen.tokens  # every step reproduces the generated token
@@ -162,7 +162,7 @@ def test_mean_ablation_uses_the_reference_mean_over_non_padding_tokens(toy):
     zs = [toy.bridge.run_with_cache(torch.tensor([r]), names_filter="blocks.4.attn.hook_z")[1]
           ["blocks.4.attn.hook_z"][0, :, 6] for r in ref]
     assert torch.allclose(means[(4, 6)], torch.cat(zs).mean(0), atol=1e-6)  # every token weighs the same
-    assert set(iv.head_means(toy, ref)) == {(l, h) for l in range(6) for h in range(8)}
+    assert set(iv.head_means(toy, ref)) == {(l, h) for l in range(toy.n_layers) for h in range(8)}
     with iv.intervene(toy, iv.MeanAblate.fit(toy, ["L4H6"], ref)):
         _, cache = toy.bridge.run_with_cache(IDS, names_filter="blocks.4.attn.hook_z")
     z = cache["blocks.4.attn.hook_z"][0, :, 6]
@@ -258,7 +258,7 @@ def test_overlap_test_and_table():
 
 # ----------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("make, match", [
-    (lambda: iv.Ablate([(6, 0)]), r"unknown head index \['L6H0'\]; valid choices: layer in \[0, 5\], head in \[0, 7\]"),
+    (lambda: iv.Ablate([(8, 0)]), r"unknown head index \['L8H0'\]; valid choices: layer in \[0, 7\], head in \[0, 7\]"),
     (lambda: iv.Scale([(0, 8)], 1.3), r"head in \[0, 7\]"),
     (lambda: iv.Ablate(HeadSet("w", [(0, 0)], 28, 12)), "selected on a model with 28 layers × 12 heads"),
     (lambda: iv.MeanAblate([(0, 0)], means={(0, 0): torch.zeros(3)}), "one vector of d_head = 16"),
