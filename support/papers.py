@@ -139,3 +139,14 @@ P003_TABLE5_AVG = {"none": 39.4, "global-bottom": 33.1, "local-bottom": 37.6, "c
                    "coupled q=0.8": 40.7, "coupled q=1.0": 39.8}
 #: §5.3.1 settings: γ_amp, W, FAI horizon for RL, q, k.
 P003_SETTINGS = {"gamma_amp": 1.5, "window": 10, "horizon": (10, 50), "q": 0.4, "k": (1, 2, 3)}
+
+# ----------------------------------------------------------------------------------------------- paper 001
+QWEN25_MATH_15B = "Qwen2.5-Math-1.5B"
+#: Table 1: number of emergent heads per post-training method in AIME'24 circuits (the baseline row counts the
+#: base model's own circuit heads); all on the Qwen2.5-Math-1.5B family.
+P001_TABLE1_HEADS = {"Qwen-2.5-Math-1.5B (Baseline)": 56, "DeepSeek-R1-Distill-Qwen-1.5B": 32,
+                     "SFT with OpenR1-Math-220k": 34, "GRPO with OpenR1-Math-220k": 19, "GRPO with GSM8K": 20}
+#: §4.1: ablating the distilled model's emergent heads, AIME'24 pass@1 (DeepSeek-R1-Distill-Qwen-1.5B).
+P001_DISTILL_ABLATION = Ref("AIME'24 pass@1 from 30 to 26.6", "001 §4.1", "DeepSeek-R1-Distill-Qwen-1.5B")
+#: §6: think on/off (Qwen3-8B): no exclusive thinking heads; think off activates a larger set of heads.
+P001_THINK_ON_OFF = Ref("no think-on-only heads; think off activates a much larger set", "001 §6", QWEN3)

@@ -351,3 +351,78 @@ def grpo_curves(curves: dict, title: str, caption: str, ylabel: str = "held-out 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return finish(fig, ax, title, caption)
+
+
+def cohort_areas(cohorts, summary, title: str, caption: str, curve: tuple | None = None,
+                 curve_label: str = "GRPO training reward"):
+    """Paper 001 Fig. 2A/B: stacked areas of active heads per cohort (the checkpoint where a head first appears)
+    over checkpoints, the number of newly active heads (blue) and of maintained base heads (red, dashed); `curve`
+    = (steps, values) is drawn in a second panel (Fig. 2B). `cohorts`/`summary`: `circuits.emergence` frames."""
+    labels = list(summary["checkpoint"])
+    cols = 2 if curve is not None else 1
+    fig, axes = plt.subplots(1, cols, figsize=(6.5 * cols, 4), squeeze=False)
+    ax = axes[0, 0]
+    x = np.arange(len(labels))
+    stacks = [[int(cohorts[(cohorts.checkpoint == k) & (cohorts.cohort == c)]["heads"].sum()) for k in labels]
+              for c in labels]
+    colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.9, len(labels)))
+    ax.stackplot(x, stacks, labels=[f"cohort {c}" for c in labels], colors=colors, alpha=0.55)
+    ax.plot(x, summary["new"], color="tab:blue", marker="o", label="newly active vs base")
+    ax.plot(x, summary["maintained"], color="tab:red", ls="--", marker="s", label="base heads maintained")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("attention heads in the circuit")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title)
+    if curve is not None:
+        ax2 = axes[0, 1]
+        ax2.plot(curve[0], curve[1], marker="o", ms=3, color="tab:green")
+        ax2.set_xlabel("GRPO step")
+        ax2.set_ylabel(curve_label)
+        ax2.grid(alpha=0.3)
+        ax2.set_title(curve_label)
+    return finish(fig, None, title, caption)
+
+
+def circuit_drawing(nx_graph, n_layers: int, n_heads: int, title: str, caption: str, highlight=None):
+    """A circuit as a layered drawing: x = layer (input left, logits right), y = head index (MLPs on top); arc
+    width ∝ |score|, colour = sign (blue +, red −). `highlight`: head names (a{l}.h{h}) drawn in orange. Positions
+    are fixed by the layout, so the drawing is deterministic."""
+    pos = {}
+    for n in nx_graph.nodes:
+        if n == "input":
+            pos[n] = (-1.0, (n_heads - 1) / 2)
+        elif n == "logits":
+            pos[n] = (float(n_layers), (n_heads - 1) / 2)
+        elif n.startswith("m"):
+            pos[n] = (int(n[1:]) + 0.45, n_heads + 0.5)
+        else:
+            layer, head = n[1:].split(".h")
+            pos[n] = (float(layer), float(head))
+    fig, ax = plt.subplots(figsize=(9, 5))
+    arcs = list(nx_graph.edges(data=True))
+    w = np.array([abs(d["score"]) for _, _, d in arcs]) if arcs else np.zeros(0)
+    wmax = float(w.max()) if len(w) and w.max() > 0 else 1.0
+    for (u, v, d), wi in zip(arcs, w):
+        (x0, y0), (x1, y1) = pos[u], pos[v]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="-", color="tab:blue" if d["score"] > 0 else "tab:red",
+                                    lw=0.3 + 2.5 * wi / wmax, alpha=0.25 + 0.6 * wi / wmax,
+                                    connectionstyle="arc3,rad=0.08"))
+    hl = set(highlight or ())
+    for n, (x, y) in pos.items():
+        kind = "io" if n in ("input", "logits") else ("mlp" if n.startswith("m") else "head")
+        color = "tab:orange" if n in hl else {"io": "black", "mlp": "tab:gray", "head": "tab:cyan"}[kind]
+        ax.scatter([x], [y], s=160 if kind == "io" else 90, color=color, zorder=3,
+                   marker="s" if kind == "mlp" else "o", edgecolors="k", linewidths=0.5)
+        if kind != "head":
+            ax.text(x, y + 0.45, n, ha="center", fontsize=7)
+    ax.set_xticks(range(n_layers))
+    ax.set_yticks(range(n_heads))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("head (MLPs on top)")
+    ax.set_xlim(-1.5, n_layers + 0.5)
+    ax.set_ylim(-1, n_heads + 1.3)
+    ax.grid(alpha=0.15)
+    return finish(fig, ax, title, caption)

@@ -34,9 +34,23 @@ KERNEL_ENV = {
 }
 
 
+#: Chapters that read another chapter's artifacts but come before it in the book: run them after it.
+RUN_AFTER = {"03_circuits": "05_attention_credit_rl"}  # 03 reads chapter 05's GRPO checkpoints
+
+
 def chapters() -> list[str]:
     """Chapter ids (notebook stems), in book order."""
     return sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_order(selected: list[str]) -> list[str]:
+    """`selected` in execution order: book order, except that a chapter of `RUN_AFTER` runs right after the chapter
+    it reads when both are selected."""
+    order = [c for c in selected if not (c in RUN_AFTER and RUN_AFTER[c] in selected)]
+    for c in selected:
+        if c in RUN_AFTER and RUN_AFTER[c] in selected:
+            order.insert(order.index(RUN_AFTER[c]) + 1, c)
+    return order
 
 
 @dataclass
@@ -69,7 +83,7 @@ def plan(profile: str, selected: list[str] | None, overrides: dict[str, Any], ru
         raise ParameterError(f"unknown parameter(s) {unused} for chapters {selected}; valid: {valid}")
     rd = run_dir or str(Path("runs") / profile)
     out = []
-    for ch in selected:
+    for ch in run_order(selected):
         params = dict(profs[profile].get("chapters", {}).get(ch, {}))
         params.update({k: v for k, v in overrides.items() if k in SCHEMA.get(ch, {})})
         params.setdefault("profile", profile)

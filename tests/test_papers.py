@@ -65,3 +65,16 @@ def test_paper_003_numbers_appear_in_its_text():
     for k, v in papers.P003_TABLE5_AVG.items():
         line = next(x for x in text.splitlines() if x.startswith(t5[k] + "\t"))
         assert line.split("\t")[6].split()[0] == str(v), (k, line)
+
+
+def test_paper_001_numbers_appear_in_its_text():
+    files = sorted(PAPERS.glob("001_*.txt"))
+    if not files:
+        pytest.skip(f"paper texts not found in {PAPERS}")
+    text = files[0].read_text()
+    for label, n in papers.P001_TABLE1_HEADS.items():
+        line = next(x for x in text.splitlines() if x.startswith(label + " L"))
+        assert line.split()[-1] == str(n), (label, line)
+    assert "AIME’24 pass@1 drop from 30 to 26.6" in text
+    assert "think on mode does not have its own exclusive reasoning heads" in text
+    assert "activates a much larger and more complex set of attention heads" in text

@@ -109,3 +109,14 @@ def test_chapter_05_bad_values_fail_before_running(name, value, msg):
 
 def test_optional_ablation_lists_may_be_empty():
     run.plan("ci", ["05_attention_credit_rl"], {"q_ratios": [], "bottom_strategies": []}, None)
+
+
+def test_chapter_03_runs_after_chapter_05_but_keeps_its_book_place():
+    """03 reads 05's GRPO checkpoints: the runner executes it after 05; the book (chapters(), _toc.yml) keeps 00..06."""
+    order = [c for c, _ in run.plan("ci", None, {}, None)]
+    assert order.index("03_circuits") == order.index("05_attention_credit_rl") + 1
+    assert run.chapters().index("03_circuits") < run.chapters().index("04_selective_sft")
+    assert [c for c, _ in run.plan("ci", ["03_circuits"], {}, None)] == ["03_circuits"]
+    assert run.run_order(["03_circuits", "04_selective_sft"]) == ["03_circuits", "04_selective_sft"]
+    toc = (run.PROJECT_ROOT / "_toc.yml").read_text()
+    assert toc.index("03_circuits") < toc.index("04_selective_sft")
