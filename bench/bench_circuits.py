@@ -5,7 +5,7 @@
     python bench/bench_circuits.py --configs qwen2.5-0.5b --ms 1,4 --lengths 32 --pairs 1 --threads 2
     python bench/bench_circuits.py --device cuda --configs qwen2.5-0.5b --ms 1,16 --lengths 128,512 --pairs 4
 
-Configs: ``toy`` is the organism (`load_model("toy-qwen2")`: 6 layers, 8 query heads on 4 K/V heads, d = 128);
+Configs: ``toy`` is the organism (`load_model("toy-qwen2")`: 8 layers, 8 query heads on 4 K/V heads, d = 128);
 ``qwen2.5-0.5b`` is a random-weight Qwen2.5-0.5B built from its published config (`support.organism.
 QWEN25_05B_CONFIG`: 24 layers, 14 query heads on 2 K/V heads, d = 896, vocabulary 151936; no download), bridged with a
 small word-level tokenizer (only its pad id is used: the prompts are token ids). The weights' values do not change

@@ -394,7 +394,8 @@ def model_card(log: dict) -> str:
 
 A `Qwen2ForCausalLM` (RMSNorm, rotary, gated SiLU MLP, grouped-query attention) built from a config and trained
 from scratch by `python -m support.organism train`: {what}. {log['n_parameters']:,} parameters; stages
-{', '.join(log['stages'])}; {log['train_seconds']} s of training on CPU with {log['recipe']['threads']} threads.
+{', '.join(log['stages'])}; {log['train_seconds']} s of training on a 2-core CPU,
+{log['recipe']['threads']} thread(s) per run.
 Word-level tokenizer in `tokenizer/` (load it with `AutoTokenizer`), ChatML chat template; a user turn ending in
 `/think` asks for a chain of thought in `<think> ... </think>` before `Answer:`, one ending in `/no_think` for the
 answer alone.

@@ -105,3 +105,29 @@ def test_model_card_verdicts_are_computed_from_the_measurements():
     assert "0.700, inside the 0.5–0.9" in text and "clearly lower" in text and "NOT" not in text.split("\n")[1]
     assert "0.950, OUTSIDE the 0.3–0.7" in text and "97.5 tokens (≥ 80)" in text
     assert status({}) == []
+
+
+@pytest.mark.slow
+def test_organism_training_is_bit_for_bit_and_reuse_base_retrains_only_the_reasoning_stage(tmp_path):
+    """`make organism`'s promise at smoke size: two runs of one recipe give identical weights, and `--reuse-base`
+    (the reasoning stage alone, from the saved base) gives the same reasoning checkpoint as the full run."""
+    import torch
+
+    from support import organism
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    recipe = organism.Recipe(batch_size=4, reason_batch_size=2, curriculum_steps=3, base_steps=2, reason_steps=2,
+                             eval_every=1000, eval_n=1)
+    try:
+        organism.train(tmp_path / "a", recipe)
+        organism.train(tmp_path / "b", recipe)
+        first = organism.weights_digest(tmp_path / "a")
+        assert first == organism.weights_digest(tmp_path / "b")
+        (tmp_path / "a" / organism.NAME / "model.safetensors").unlink()
+        organism.train(tmp_path / "a", recipe, reuse_base=True)
+        assert organism.weights_digest(tmp_path / "a") == first
+        with pytest.raises(ValueError, match="think_share"):
+            organism.Recipe(think_share=1.5)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
