@@ -59,8 +59,13 @@ def user_turn(user: str) -> str:
     return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def wrap(system: str, user: str, template: str = "chatml", tokenizer=None) -> str:
-    """Wrap system and user content in a chat template (App. B.2). `model` uses the tokenizer's own template."""
+def wrap(system: str, user: str, template: str = "chatml", tokenizer=None, think: bool | None = None) -> str:
+    """Wrap system and user content in a chat template (App. B.2). `model` uses the tokenizer's own template;
+    `think` (True/False) sets its `enable_thinking` switch (Qwen3's think on/off), which only such templates have."""
+    if think is not None and (template != "model" or "enable_thinking" not in str(getattr(tokenizer, "chat_template",
+                                                                                          None) or "")):
+        raise ValueError(f"think={think!r} needs template 'model' and a chat template with an enable_thinking switch "
+                         f"(Qwen3); got template {template!r}")
     if template == "chatml":
         return (
             f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
@@ -73,7 +78,8 @@ def wrap(system: str, user: str, template: str = "chatml", tokenizer=None) -> st
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'model' needs a tokenizer with a chat_template; use 'chatml' or 'llama2'")
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        kw = {} if think is None else {"enable_thinking": think}
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kw)
     raise ValueError(f"unknown template {template!r}; valid choices: {', '.join(TEMPLATES)}")
 
 

@@ -1,0 +1,115 @@
+"""Clean/corrupted prompt pairs for circuit discovery (paper 001 §3.1 step 1, App. A.2).
+
+A circuit is defined by a pair set: a *clean* prompt that elicits the behaviour, a *corrupted* prompt that differs
+only where the behaviour's input lives, and a metric at the next token (`support.circuits`). Two sources:
+
+- **`lookup_pairs`** (the organism): a `toy_lookup` item teacher-forced up to its first queried value, so the next
+  token is that value's letter, e.g. `(C)`. The corrupted prompt swaps the value with another option's value of the
+  same token length in the option list, so the right letter becomes the other option's. Answers are the two letter
+  tokens (metric `logit_diff`, or `kl`). Only the first query is used: later ones can be answered by elimination from
+  the letters already given.
+- **`math_pairs`** (real models; paper 001 builds its circuits on AIME'24 problems): the problem under the model's
+  chat template, followed by a fixed opening of the response (App. A.2 samples each model's own: "Okay, so I have
+  this problem ..." after `<think>` for reasoning models, "To determine ..." for base models; one shared opening keeps
+  the prompts equal across checkpoints). The corrupted prompt changes every number of the problem to another of the
+  same digit count (seeded), so the pair differs only in the problem's quantities. No answer tokens: the metric is
+  the KL divergence of the next-token distribution (the paper's). Pairs whose lengths differ after tokenization
+  are right-aligned by `support.circuits`.
+
+`think` selects the organism's `/think` or `/no_think` flag, or a Qwen3-style chat template's `enable_thinking`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import ParameterError
+
+_NUMBER = re.compile(r"\d+")
+#: Pair sources: the organism's lookup items, or a math set of `support.tasks` (problem text with numbers).
+SOURCES = ("toy_lookup", "aime24", "aime25", "amc23", "math500", "gsm8k")
+
+
+@dataclass
+class PairSet:
+    """Clean and corrupted prompts (text), their (correct, incorrect) answer tokens where the metric needs them, and
+    the ids of the items they came from."""
+
+    clean: list[str]
+    corrupted: list[str]
+    answers: list[tuple[str, str]] | None
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+
+# ----------------------------------------------------------------------------------------------- the organism
+def lookup_pair(seed: int, think: bool = False) -> tuple[str, str, tuple[str, str], str] | None:
+    """(clean, corrupted, (correct letter, corrupted letter), id) from `toy_lookup` item seed `seed`; None when no
+    other option has a value of the same length."""
+    from .toydata import lookup_item
+
+    it = lookup_item(random.Random(seed))
+    v, letter = it.rationale.split("\n")[0].split()
+    opts = it.question.split("\n")[:-1]
+    vals = [o.split()[0] for o in opts]
+    i = vals.index(v)
+    js = [j for j in range(len(vals)) if j != i and len(vals[j]) == len(v)]
+    if not js:
+        return None
+    j = js[0]
+    swapped = list(opts)
+    swapped[i], swapped[j] = f"{vals[j]} {opts[i].split()[1]}", f"{v} {opts[j].split()[1]}"
+    prompt = it.prompt.replace("/no_think", "/think" if think else "/no_think")
+    corrupted = prompt.replace("\n".join(opts), "\n".join(swapped))
+    return prompt + v, corrupted + v, (letter, opts[j].split()[1]), f"toy_lookup/{seed}"
+
+
+def lookup_pairs(seeds: Sequence[int], n: int, think: bool = False) -> PairSet:
+    """The first `n` lookup pairs from `seeds` (seeds without a same-length partner option are skipped)."""
+    out = [p for p in (lookup_pair(s, think) for s in seeds) if p is not None][:n]
+    if len(out) < n:
+        raise ParameterError(f"only {len(out)} lookup pairs from {len(seeds)} seeds; ask for at most {len(out)} or "
+                             f"pass more seeds")
+    clean, corrupted, answers, ids = map(list, zip(*out))
+    return PairSet(clean, corrupted, answers, ids)
+
+
+# ----------------------------------------------------------------------------------------------- real models
+def swap_numbers(text: str, rng: random.Random) -> str:
+    """`text` with every run of digits replaced by a different run of the same length (no new leading zero)."""
+    def other(m: re.Match) -> str:
+        s = m.group(0)
+        while True:
+            first = s[0] if len(s) > 1 and s[0] == "0" else str(rng.randint(1 if len(s) > 1 else 0, 9))
+            new = first + "".join(str(rng.randint(0, 9)) for _ in s[1:])
+            if new != s:
+                return new
+
+    return _NUMBER.sub(other, text)
+
+
+def math_pairs(items: Sequence[Any], n: int, tokenizer=None, template: str = "model", prefix: str = "",
+               think: bool | None = None, seed: int = 0) -> PairSet:
+    """Pairs from math items (`problem` or `question` text): the problem under `template` plus `prefix` (the opening
+    of the response), against the same with every number changed (`swap_numbers`, seeded). Items without digits
+    are skipped."""
+    from .prompts import REASONING_SYSTEM, wrap
+
+    rng = random.Random(seed)
+    clean, corrupted, ids = [], [], []
+    for it in items:
+        text = (getattr(it, "problem", None) or getattr(it, "question", None) or "").strip()
+        if not text or not _NUMBER.search(text):
+            continue
+        clean.append(wrap(REASONING_SYSTEM, text, template, tokenizer, think=think) + prefix)
+        corrupted.append(wrap(REASONING_SYSTEM, swap_numbers(text, rng), template, tokenizer, think=think) + prefix)
+        ids.append(str(getattr(it, "id", len(ids))))
+        if len(clean) == n:
+            return PairSet(clean, corrupted, None, ids)
+    raise ParameterError(f"only {len(clean)} of {len(items)} items have numbers to corrupt; ask for at most "
+                         f"{len(clean)} pairs or load more items")

@@ -1,0 +1,73 @@
+"""Clean/corrupted pairs: the organism's lookup pairs and number-swapped math problems (real GSM8K/AIME rows)."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from support import contrasts, tasks
+from support.errors import ParameterError
+
+# A Qwen3-style template: the think switch closes an empty think block when thinking is off.
+QWEN3_LIKE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and "
+              "enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from support.models import load_tokenizer, resolve
+
+    return load_tokenizer(*resolve("toy-qwen2"), "toy-qwen2")
+
+
+def test_lookup_pairs_align_and_swap_the_letter(tok):
+    ps = contrasts.lookup_pairs(range(1000, 1100), 12)
+    assert len(ps) == 12 and len(set(ps.ids)) == 12
+    for c, x, (good, bad) in zip(ps.clean, ps.corrupted, ps.answers):
+        assert len(tok(c).input_ids) == len(tok(x).input_ids)  # same token length: no alignment needed
+        value = c.split()[-1]
+        assert f"{value} {good}" in c and f"{value} {bad}" in x and good != bad
+        assert c.endswith("/no_think<|im_end|>\n<|im_start|>assistant\n" + value)
+    on = contrasts.lookup_pairs(range(1000, 1100), 12, think=True)
+    assert on.ids == ps.ids and all("/think<|im_end|>" in c for c in on.clean)
+
+
+def test_lookup_pairs_refuse_more_than_the_seeds_give():
+    with pytest.raises(ParameterError, match="at most"):
+        contrasts.lookup_pairs(range(3), 50)
+
+
+def test_swap_numbers_changes_every_number_and_nothing_else():
+    text = "Aya walks 9 km at 3.5 km/h, 0 stops, 120 minutes; 07 is kept two-digit."
+    rng = random.Random(0)
+    out = contrasts.swap_numbers(text, rng)
+    nums, new = re.findall(r"\d+", text), re.findall(r"\d+", out)
+    assert len(nums) == len(new) and all(a != b and len(a) == len(b) for a, b in zip(nums, new))
+    assert re.sub(r"\d+", "#", out) == re.sub(r"\d+", "#", text)
+    assert all(b[0] != "0" for a, b in zip(nums, new) if a[0] != "0" and len(a) > 1)
+    assert contrasts.swap_numbers(text, random.Random(0)) == out  # seeded
+
+
+def test_math_pairs_on_real_gsm8k_and_aime(tok):
+    items = tasks.load_task("gsm8k", "test", 20).items + tasks.load_task("aime24", "test", 5).items
+    ps = contrasts.math_pairs(items, 10, template="chatml", prefix="Okay, so I have this problem", seed=1)
+    assert len(ps) == 10 and ps.answers is None
+    for c, x in zip(ps.clean, ps.corrupted):
+        assert c != x and c.endswith("assistant\nOkay, so I have this problem")
+        assert re.sub(r"\d+", "#", c) == re.sub(r"\d+", "#", x)
+    with pytest.raises(ParameterError, match="at most"):
+        contrasts.math_pairs(items[:3], 10, template="chatml")
+
+
+def test_think_switch_needs_a_template_that_has_one(tok):
+    items = tasks.load_task("gsm8k", "test", 4).items
+    with pytest.raises(ValueError, match="enable_thinking"):
+        contrasts.math_pairs(items, 2, template="chatml", think=True)
+    tok.chat_template = QWEN3_LIKE
+    on = contrasts.math_pairs(items, 2, tok, template="model", think=True)
+    off = contrasts.math_pairs(items, 2, tok, template="model", think=False)
+    assert all(c.endswith("assistant\n") for c in on.clean)
+    assert all(c.endswith("<think>\n\n</think>\n\n") for c in off.clean)
