@@ -373,3 +373,24 @@ def regime_table(df: Any, tasks: Sequence[str]) -> Any:
     t = t.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0)
     cols = [(task, m) for task in tasks for m in ("rec", "f1", "acc", "invalid")]
     return t.reindex(index=order)[cols]
+
+
+def load_run(model_name: str, out: Path | str, expect_model: Mapping[str, Any] | None = None,
+             dtype: str = "float32") -> tuple[nn.Module, Any, dict]:
+    """Rebuild a finished training run of `run_regime` from its directory (`final.safetensors`, whose provenance
+    names the regime and heads): (plain HF model in eval mode with SHFT deltas merged, tokenizer, provenance).
+
+    `expect_model`: the identity of `model_name` (ProvenanceError if the run trained another model)."""
+    from .artifacts import read_tensors
+    from .models import load_plain
+    from .training import _load_params
+
+    path = Path(out) / "final.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"no finished training run in {out} (missing final.safetensors)")
+    tensors, prov = read_tensors(path, expect_model=expect_model)
+    params = prov.get("params", {})
+    hf, tok = load_plain(model_name, dtype=dtype)
+    prep = prepare(params["regime"], hf, params.get("heads") or None)
+    _load_params(hf, tensors, Path(out))
+    return prep.finish(merge=True), tok, prov

@@ -150,3 +150,33 @@ P001_TABLE1_HEADS = {"Qwen-2.5-Math-1.5B (Baseline)": 56, "DeepSeek-R1-Distill-Q
 P001_DISTILL_ABLATION = Ref("AIME'24 pass@1 from 30 to 26.6", "001 §4.1", "DeepSeek-R1-Distill-Qwen-1.5B")
 #: §6: think on/off (Qwen3-8B): no exclusive thinking heads; think off activates a larger set of heads.
 P001_THINK_ON_OFF = Ref("no think-on-only heads; think off activates a much larger set", "001 §6", QWEN3)
+#: Table 2: pass@1 (T = 0.6) after zero-ablating head sets of the distilled models, per benchmark.
+P001_TABLE2_BENCHMARKS = ("AIME'24", "AIME'25", "GPQA", "AMC")
+P001_TABLE2 = {
+    ("DeepSeek-R1-Distill-Qwen-1.5B", "No Ablation"): (30.0, 26.6, 18.6, 66.2),
+    ("DeepSeek-R1-Distill-Qwen-1.5B", "Ablation with Reasoning Heads"): (26.6, 16.6, 17.1, 59.0),
+    ("DeepSeek-R1-Distill-Qwen-1.5B", "Ablation with Base Model Heads"): (30.0, 23.3, 12.1, 53.0),
+    ("DeepSeek-R1-Distill-Qwen-1.5B", "Ablation with TriviaQA Heads"): (0.0, 0.0, 0.0, 0.0),
+    ("DeepSeek-R1-Distill-Qwen-7B", "No Ablation"): (40.0, 43.3, 35.3, 81.9),
+    ("DeepSeek-R1-Distill-Qwen-7B", "Ablation with Reasoning Heads"): (53.3, 46.6, 35.8, 78.3),
+    ("DeepSeek-R1-Distill-Qwen-7B", "Ablation with Base Model Heads"): (53.3, 43.3, 37.3, 83.1),
+    ("DeepSeek-R1-Distill-Qwen-7B", "Ablation with TriviaQA Heads"): (50.0, 50.0, 34.3, 79.5),
+}
+#: Table 3: Qwen3-8B pass@1 (T = 0.6) with think on, think off, and think off with its think-off-only circuit
+#: heads zero-ablated or scaled ×0.5.
+P001_TABLE3_BENCHMARKS = ("AIME'24", "AIME'25", "AMC", "GPQA", "MATH")
+P001_TABLE3 = {"Think On": (80.0, 73.3, 89.1, 63.1, 93.8), "Think Off": (30.0, 13.3, 67.4, 44.9, 81.4),
+               "Think Off & Ablation": (36.6, 20.0, 61.4, 49.4, 83.6),
+               "Think Off & Scale Down": (20.0, 23.3, 56.6, 51.0, 81.8)}
+#: §4.2: ablating the SFT model's ~10 mid-to-late emergent heads; scaling them ×1.3 in the base model.
+P001_SFT_HEADS = Ref("ablation: every benchmark close to zero; ×1.3: MATH up, AMC slightly down, AIME'24 down",
+                     "001 §4.2", QWEN25_MATH_15B)
+#: §5: scaling GRPO-emergent heads in the base model (GSM8K circuits, 100-step checkpoint).
+P001_GRPO_SCALING = Ref("×1.3: MATH 56 → 60, AIME'24 and AMC down; ×0.5: AIME'24 13.3 → 3.3, MATH 56 → 63, "
+                        "AMC 38.5 → 42.1", "001 §5", QWEN25_MATH_15B)
+#: §5: GRPO's final emergent heads are few and do not much overlap with SFT's.
+P001_GRPO_VS_SFT = Ref("few, targeted GRPO heads that do not much overlap with SFT's mid-to-late heads", "001 §5",
+                       QWEN25_MATH_15B)
+#: §6, Fig. 5: coverage of think-off Qwen3-8B on AIME'24, up to 64 samples.
+P001_FIG5 = Ref("baseline keeps a slight pass@k lead as k grows; ablation leads success@k only at k ≤ 2; "
+                "scale-down under-performs throughout", "001 §6, Fig. 5", QWEN3)

@@ -426,3 +426,87 @@ def circuit_drawing(nx_graph, n_layers: int, n_heads: int, title: str, caption: 
     ax.set_ylim(-1, n_heads + 1.3)
     ax.grid(alpha=0.15)
     return finish(fig, ax, title, caption)
+
+
+# ----------------------------------------------------------------------------------------------- chapter 06
+def delta_heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, caption: str,
+                  marks: np.ndarray | None = None, cbar_label: str = "Δ pass@1 vs baseline"):
+    """Conditions × (task, mode) changes on a diverging scale centred at 0, each cell annotated; `marks` [rows,
+    cols] bool: cells whose change exceeds its noise (bold, with a ▲/▼)."""
+    v = np.asarray(values, dtype=float)
+    lim = float(np.nanmax(np.abs(v))) if np.isfinite(v).any() and np.nanmax(np.abs(v)) > 0 else 1.0
+    fig, ax = plt.subplots(figsize=(1.25 * len(cols) + 3.2, 0.32 * len(rows) + 1.6))
+    im = ax.imshow(v, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    for i in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            if np.isfinite(v[i, j]):
+                real = marks is not None and bool(marks[i, j])
+                arrow = ("▲" if v[i, j] > 0 else "▼") if real else ""
+                ax.text(j, i, f"{v[i, j]:+.2f}{arrow}", ha="center", va="center", fontsize=7,
+                        fontweight="bold" if real else "normal")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    fig.colorbar(im, ax=ax, label=cbar_label, shrink=0.8)
+    return finish(fig, ax, title, caption)
+
+
+def coverage_curves(cov, title: str, caption: str):
+    """Fig. 5 (paper 001): pass@k (left) and success@k (right) against k, one line per condition (a tidy frame
+    with columns condition, k, pass_at_k, success_at_k, as `support.interventions.coverage` returns)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), sharey=True)
+    for name, df in cov.groupby("condition", sort=False):
+        for ax, col in zip(axes, ("pass_at_k", "success_at_k")):
+            ax.plot(df.k, df[col], marker="o", ms=3, label=name)
+    for ax, label in zip(axes, ("pass@k", "success@k")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k (samples)")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of problems")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    return finish(fig, None, title, caption)
+
+
+def overlap_heatmap(jaccard: np.ndarray, names: Sequence[str], title: str, caption: str,
+                    q: np.ndarray | None = None, null: np.ndarray | None = None):
+    """Pairwise Jaccard overlap of head sets; off-diagonal cells show J (and the null mean below it when given),
+    with * for q < 0.05 and ** for q < 0.01 (Benjamini-Hochberg over the pairs)."""
+    J = np.asarray(jaccard, dtype=float)
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(0.8 * n + 2.6, 0.7 * n + 1.4))
+    im = ax.imshow(J, cmap="Purples", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            qq = q[i, j] if q is not None and np.isfinite(q[i, j]) else 1.0
+            star = "**" if qq < 0.01 else "*" if qq < 0.05 else ""
+            sub = f"\n({null[i, j]:.2f})" if null is not None and np.isfinite(null[i, j]) else ""
+            ax.text(j, i, f"{J[i, j]:.2f}{star}{sub}", ha="center", va="center", fontsize=7,
+                    color="white" if J[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n), names, rotation=35, ha="right")
+    ax.set_yticks(range(n), names)
+    fig.colorbar(im, ax=ax, label="Jaccard |A∩B| / |A∪B|", shrink=0.8)
+    return finish(fig, ax, title, caption)
+
+
+def grouped_points(groups: dict, title: str, caption: str, ylabel: str, ref: float | None = None,
+                   ref_label: str = ""):
+    """One column of points per group (every member shown, the group mean as a black bar); `ref` is drawn as a
+    dotted horizontal line (e.g. the chance level)."""
+    rng = np.random.default_rng(SEED)
+    fig, ax = plt.subplots(figsize=(0.9 * len(groups) + 2.4, 3.6))
+    if ref is not None:
+        ax.axhline(ref, color="0.4", lw=1, ls=":", label=ref_label or None)
+    for i, (name, vals) in enumerate(groups.items()):
+        v = np.asarray(vals, dtype=float)
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=18, alpha=0.8, zorder=3)
+        if len(v):
+            ax.hlines(v.mean(), i - 0.3, i + 0.3, color="k", lw=2, zorder=4)
+    ax.set_xticks(range(len(groups)), list(groups), rotation=25, ha="right")
+    ax.set_ylabel(ylabel)
+    if ref is not None and ref_label:
+        ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.2, axis="y")
+    return finish(fig, ax, title, caption)

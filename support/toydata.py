@@ -308,3 +308,42 @@ def mixture(seed: int, weights: dict[str, float] | None = None, think_share: flo
         it = _item(rng, task, think)
         if _bucket(it.id) == "train":
             yield it
+
+
+# ----------------------------------------------------------------------------------------------- circuit pairs
+def lookup_pair(seed: int, flag: str = "no_think") -> tuple[str, str, tuple[str, str], str] | None:
+    """A clean/corrupted pair from lookup item `seed` (chapter 03's construction): the item teacher-forced up to its
+    first queried value, so the next token is that value's letter; the corrupted prompt swaps the value with another
+    option's value of the same token length in the option list, so the right letter becomes the other option's.
+    Returns (clean, corrupted, (clean letter, corrupted letter), "toy_lookup/<seed>"), or None when no option value
+    has the same length. `flag`: the mode flag the user turn ends with ('no_think' or 'think')."""
+    check_mode(flag)
+    it = lookup_item(random.Random(seed))
+    value, letter = it.rationale.split("\n")[0].split()
+    opts = it.question.split("\n")[:-1]
+    vals = [o.split()[0] for o in opts]
+    i = vals.index(value)
+    js = [j for j in range(len(vals)) if j != i and len(vals[j]) == len(value)]
+    if not js:
+        return None
+    j = js[0]
+    swapped = list(opts)
+    swapped[i], swapped[j] = f"{vals[j]} {opts[i].split()[1]}", f"{value} {opts[j].split()[1]}"
+    prompt = it.prompt.replace("/no_think", f"/{flag}")
+    corrupted = prompt.replace("\n".join(opts), "\n".join(swapped))
+    return prompt + value, corrupted + value, (letter, opts[j].split()[1]), f"toy_lookup/{seed}"
+
+
+def lookup_pairs(ids: list[str], flag: str = "no_think") -> tuple[list, list, list, list]:
+    """(clean, corrupted, answers, ids) for pair ids "toy_lookup/<seed>" (what a circuit's provenance records)."""
+    seeds = []
+    for x in ids:
+        head, _, tail = str(x).partition("/")
+        if head != "toy_lookup" or not tail.isdigit():
+            raise ValueError(f"not a lookup pair id: {x!r}; valid spelling: 'toy_lookup/<seed>'")
+        seeds.append(int(tail))
+    pairs = [lookup_pair(s, flag) for s in seeds]
+    missing = [i for i, p in zip(ids, pairs) if p is None]
+    if missing:
+        raise ValueError(f"no pair for {missing}: these lookup items have no option of the same length")
+    return tuple(map(list, zip(*pairs)))  # type: ignore[return-value]

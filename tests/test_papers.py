@@ -78,3 +78,20 @@ def test_paper_001_numbers_appear_in_its_text():
     assert "AIME’24 pass@1 drop from 30 to 26.6" in text
     assert "think on mode does not have its own exclusive reasoning heads" in text
     assert "activates a much larger and more complex set of attention heads" in text
+
+
+def test_paper_001_ablation_tables_appear_in_its_text():
+    files = sorted(PAPERS.glob("001_*.txt"))
+    if not files:
+        pytest.skip(f"paper texts not found in {PAPERS}")
+    text = files[0].read_text()
+    for (model, method), vals in papers.P001_TABLE2.items():
+        cells = " ".join(f"{v:.2f}" if v == 0 else f"{v:.1f}" for v in vals)
+        assert f"{method} {cells}" in text, (model, method)
+    for row, vals in papers.P001_TABLE3.items():
+        assert f"{row} {' '.join(f'{v:.1f}' for v in vals)}" in text, row
+    assert len(papers.P001_TABLE2_BENCHMARKS) == 4 and len(papers.P001_TABLE3_BENCHMARKS) == 5
+    for phrase in ("AIME’24 performance decreases sharply from 13.3 to 3.3", "56 to 63, and 38.5 to 42.1",
+                   "MATH benchmark increases from 56 to 60", "does not much overlap with the mid-to-late heads by SFT",
+                   "close to zero", "initially outperforms the baseline at very low sampling rates"):
+        assert phrase in text, phrase
