@@ -79,6 +79,21 @@ def lookup_pairs(seeds: Sequence[int], n: int, think: bool = False) -> PairSet:
     return PairSet(clean, corrupted, answers, ids)
 
 
+def pairs_from_ids(ids: Sequence[str], think: bool = False) -> PairSet:
+    """The lookup pairs named by `ids` ("toy_lookup/<seed>", what a saved circuit's provenance records)."""
+    seeds = []
+    for x in ids:
+        head, _, tail = str(x).partition("/")
+        if head != "toy_lookup" or not tail.isdigit():
+            raise ParameterError(f"not a lookup pair id: {x!r}; valid spelling: 'toy_lookup/<seed>'")
+        seeds.append(int(tail))
+    out = [lookup_pair(s, think) for s in seeds]
+    if missing := [i for i, p in zip(ids, out) if p is None]:
+        raise ParameterError(f"no pair for {missing}: these lookup items have no option of the same length")
+    clean, corrupted, answers, got = map(list, zip(*out))
+    return PairSet(clean, corrupted, answers, got)
+
+
 # ----------------------------------------------------------------------------------------------- real models
 def swap_numbers(text: str, rng: random.Random) -> str:
     """`text` with every run of digits replaced by a different run of the same length (no new leading zero)."""

@@ -36,7 +36,7 @@ PRODUCERS = {"wavering": "02_head_selection", "steadfast": "02_head_selection", 
              "circuit": "03_circuits", "emergent": "03_circuits", "base_only": "03_circuits",
              "think_off_only": "03_circuits", "local": "05_attention_credit_rl", "global": "05_attention_credit_rl",
              "receiver": "05_attention_credit_rl"}
-#: Chapter 03 builds its circuits on the organism's lookup pairs (`support.toydata.lookup_pair`).
+#: Chapter 03 builds its circuits on the organism's lookup pairs (`support.contrasts.lookup_pairs`).
 CIRCUIT_TASK = "toy_lookup"
 ENTROPY_KINDS = ("wavering", "steadfast", "random")
 RHYTHM_KINDS = ("local", "global", "receiver")

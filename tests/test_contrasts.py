@@ -35,6 +35,14 @@ def test_lookup_pairs_align_and_swap_the_letter(tok):
     assert on.ids == ps.ids and all("/think<|im_end|>" in c for c in on.clean)
 
 
+def test_pairs_from_ids_rebuild_the_saved_pairs():
+    ps = contrasts.lookup_pairs(range(1000, 1100), 5, think=True)
+    again = contrasts.pairs_from_ids(ps.ids, think=True)
+    assert (again.clean, again.corrupted, again.answers, again.ids) == (ps.clean, ps.corrupted, ps.answers, ps.ids)
+    with pytest.raises(ParameterError, match="toy_lookup/<seed>"):
+        contrasts.pairs_from_ids(["toy_mc4/3"])
+
+
 def test_lookup_pairs_refuse_more_than_the_seeds_give():
     with pytest.raises(ParameterError, match="at most"):
         contrasts.lookup_pairs(range(3), 50)

@@ -11,7 +11,6 @@ from support import synthesis as S
 from support.artifacts import provenance
 from support.errors import ParameterError
 from support.heads import HeadSet, head_set_path, write_head_set
-from support.toydata import lookup_pair, lookup_pairs
 
 MODEL = {"name": "m", "kind": "toy", "weights": "w1", "tokenizer": "t1"}
 
@@ -125,23 +124,6 @@ def test_sft_runs_pick_the_budget_with_most_seeds(tmp_path):
     assert [p.name for p in runs["wh"]] == ["wh-M6-s0", "wh-M6-s1"]
     assert [p.name for p in runs["random"]] == ["random-M6-s0"] and [p.name for p in runs["sh"]] == ["sh-M6-s0"]
     assert runs["lora"] == [] and S.new_heads([(0, 1), (2, 2)], ["L0H1"]) == [(2, 2)]
-
-
-def test_lookup_pairs_swap_the_first_queried_value_with_one_of_the_same_length():
-    from support.models import load_tokenizer, resolve
-
-    kind, path = resolve("toy-qwen2")
-    tok = load_tokenizer(kind, path, "toy-qwen2")
-    clean, corrupted, answers, ids = lookup_pairs([f"toy_lookup/{s}" for s in (1000, 1001, 1003)])
-    for c, x, (right, wrong), i in zip(clean, corrupted, answers, ids):
-        assert c != x and right != wrong and i.startswith("toy_lookup/")
-        assert len(tok(c).input_ids) == len(tok(x).input_ids)
-        value = c.rsplit("\n", 1)[1]
-        assert f"{value} {right}" in c and f"{value} {wrong}" in x  # the value's letter changes with the swap
-    assert lookup_pair(1000, "think")[0].count("/think") == 1
-    with pytest.raises(ValueError, match="toy_lookup/<seed>"):
-        lookup_pairs(["toy_mc4/3"])
-
 
 def test_load_run_rebuilds_a_trained_shft_model(tmp_path):
     from support import finetune as ft
