@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -20,10 +20,11 @@ fixed-length completion of the organism rarely scores). Both trainers wrap one p
 0.5B config fits in memory; the weights' values do not change the work, the lengths being fixed). Steps alternate
 credit/plain (order flipped every repeat) after `--warmup` untimed pairs; median and minimum are reported.
 
-Configs: ``toy`` is the organism `support.rl.policy("toy-qwen2")` (eager attention, as the project loads every policy)
+Configs: ``toy`` is the organism `support.rl.policy("toy-qwen2")` (SDPA attention, as `rl.policy` loads every policy)
 with its tokenizer; ``qwen2.5-0.5b`` is a random-weight Qwen2.5-0.5B built from its config only (no download) with a
 word-level tokenizer over the prompts' words, padded with filler words to the model's 151936-token vocabulary.
-``--attn sdpa`` runs the policy under SDPA, so the credit pass also pays for switching to eager attention and back.
+``--attn`` picks the policy's attention (default sdpa, as `rl.policy`; under SDPA the credit pass also pays for
+switching to eager attention and back; ``--attn eager`` measures the policy as it was loaded before).
 
 The credit time is split with timers wrapped around `support.rhythm.attention_maps` (the extra forward pass),
 `support.rhythm.signals` (per-row span/groups/WAAD/FAI/entropy) and `support.rl.batch_gamma` (per-row γ rules);
@@ -111,8 +112,7 @@ def build(args):
             model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
         for c in (model.config, model.generation_config):
             c.eos_token_id, c.pad_token_id = tok.eos_token_id, tok.pad_token_id
-    if args.attn != "eager":
-        model.set_attn_implementation(args.attn)
+    model.set_attn_implementation(args.attn)
     return model, tok, rows
 
 
@@ -353,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=None, help="prompts per step (toy 8, qwen2.5-0.5b 2)")
     ap.add_argument("--generations", type=int, default=None, help="completions per prompt (toy 8, qwen2.5-0.5b 4)")
     ap.add_argument("--completion-len", type=int, default=None, help="tokens per completion (toy 48, qwen 16)")
-    ap.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
-                    help="policy attention (eager: as support.rl.policy loads it)")
+    ap.add_argument("--attn", default="sdpa", choices=["eager", "sdpa"],
+                    help="policy attention (sdpa: as support.rl.policy loads it)")
     ap.add_argument("--no-gradient-checkpointing", action="store_true",
                     help="turn off TRL's gradient checkpointing (on by default in GRPOConfig, and kept by grpo_config)")
     ap.add_argument("--threads", type=int, default=None,
