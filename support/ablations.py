@@ -13,8 +13,8 @@ the difference to the baseline is paired per problem. A change Δ counts as a ga
 set* where it also falls outside the range of the matched random draws under the same operation.
 
 **Think modes.** The organism's items carry the mode flag at the end of the user turn (`/think`, `/no_think`);
-a real model gets its chat template with `enable_thinking` (Qwen3's switch, paper 001 §6; templates without it
-ignore the flag).
+a real model gets its chat template with `enable_thinking` (Qwen3's switch, paper 001 §6); a template without the
+switch has one mode, `no_think` (its plain chat template), and `think` is refused.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def random_seed(seed: int, size: int, draw: int) -> int:
 # ----------------------------------------------------------------------------------------------- prompts
 def mode_prompt(item: Any, mode: str, tokenizer: Any = None, template: str = "model") -> str:
     """The prompt of `item` in think mode `mode` ('think' or 'no_think'); see the module docstring."""
-    from .prompts import UNIFIED_SYSTEM, format_reasoning_prompt, user_message
+    from .prompts import UNIFIED_SYSTEM, format_reasoning_prompt, user_message, wrap
 
     if mode not in MODES:
         raise ParameterError(f"unknown think mode {mode!r}; valid choices: {list(MODES)}")
@@ -108,13 +108,15 @@ def mode_prompt(item: Any, mode: str, tokenizer: Any = None, template: str = "mo
     if template != "model" or tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ParameterError("think modes of a real dataset need template='model' and a tokenizer with a chat "
                              "template (e.g. Qwen3's, which takes enable_thinking)")
+    switch = "enable_thinking" in str(tokenizer.chat_template)
+    if mode == "think" and not switch:
+        raise ParameterError("mode 'think' needs a chat template with an enable_thinking switch (Qwen3); this "
+                             "model's has none: use modes ['no_think'] (its plain chat template)")
     if getattr(item, "options", None):
         system, user = UNIFIED_SYSTEM, user_message(item.question, item.options)
     else:  # free-form reasoning: reuse the plain layout "system\n\nuser\n\n"
         system, user = format_reasoning_prompt(item, "plain").strip().split("\n\n", 1)
-    msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
-                                         enable_thinking=mode == "think")
+    return wrap(system, user, "model", tokenizer, think=(mode == "think") if switch else None)
 
 
 # ----------------------------------------------------------------------------------------------- sampling

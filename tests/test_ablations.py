@@ -60,19 +60,23 @@ def test_mode_prompt_puts_the_flag_at_the_end_of_the_user_turn():
 
 
 def test_mode_prompt_of_a_real_item_uses_enable_thinking():
+    from support.models import load_tokenizer, resolve
     from support.records import MCItem
 
-    class Tok:
-        chat_template = "x"
-
-        def apply_chat_template(self, msgs, tokenize, add_generation_prompt, enable_thinking):
-            return f"{msgs[0]['role']}|{msgs[1]['content'][:8]}|{enable_thinking}"
-
+    tok = load_tokenizer(*resolve("toy-qwen2"), "toy-qwen2")  # a real tokenizer; the templates below are Jinja
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                         "<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+                         "<think>\n\n</think>\n\n{% endif %}")
     it = MCItem(id="q1", question="What is 2 + 2?", options=("3", "4"), answer="B", rationale=None, source="test")
-    assert A.mode_prompt(it, "think", Tok()).endswith("|True")
-    assert A.mode_prompt(it, "no_think", Tok()).startswith("system|")
+    on, off = A.mode_prompt(it, "think", tok), A.mode_prompt(it, "no_think", tok)
+    assert on.startswith("<|im_start|>system\n") and on.endswith("assistant\n")
+    assert off.endswith("<think>\n\n</think>\n\n") and "What is 2 + 2?" in off
     with pytest.raises(ParameterError, match="template='model'"):
-        A.mode_prompt(it, "think", Tok(), template="chatml")
+        A.mode_prompt(it, "think", tok, template="chatml")
+    tok.chat_template = tok.chat_template.replace("enable_thinking", "other_switch")  # a template without the switch
+    assert A.mode_prompt(it, "no_think", tok).endswith("assistant\n")
+    with pytest.raises(ParameterError, match="no_think"):
+        A.mode_prompt(it, "think", tok)
 
 
 def grid_frame():
