@@ -16,10 +16,11 @@ PKG = ROOT / "support"
 LAYERS = [
     {"errors", "artifacts", "prompts", "scoring", "papers"},  # leaves: no torch, no model
     {"heads", "records", "toydata"},  # heads and data records
-    {"tasks"},  # the data layer
+    {"tasks", "contrasts"},  # the data layer: datasets and clean/corrupted pairs
     {"models", "decoding", "readout", "training"},  # shared pieces
     {"tracing", "selection", "finetune", "evaluation", "organism", "rhythm", "rl", "circuits",
      "interventions"},  # methods
+    {"ablations", "synthesis"},  # analyses across methods (chapter 06)
     {"plots", "params"},  # what chapters use to present and configure
     {"chapter", "run"},  # the chapter helper and the runner
 ]
