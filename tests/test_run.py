@@ -120,3 +120,14 @@ def test_chapter_03_runs_after_chapter_05_but_keeps_its_book_place():
     assert run.run_order(["03_circuits", "04_selective_sft"]) == ["03_circuits", "04_selective_sft"]
     toc = (run.PROJECT_ROOT / "_toc.yml").read_text()
     assert toc.index("03_circuits") < toc.index("04_selective_sft")
+
+
+@pytest.mark.parametrize("chapter,name,value,msg", [
+    ("03_circuits", "pairs", "toy_mc4", "valid choices: .*aime24"),
+    ("03_circuits", "metric", "cosine", "valid choices: .*kl"),
+    ("06_ablations", "ops", ["ablate", "shuffle"], "valid choices: .*scale_up"),
+    ("06_ablations", "modes", ["thinking"], "valid choices: .*no_think"),
+])
+def test_chapters_03_and_06_bad_values_fail_before_running(chapter, name, value, msg):
+    with pytest.raises(ValueError, match=msg):
+        run.plan("ci", [chapter], {name: value}, None)
