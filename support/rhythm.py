@@ -396,30 +396,38 @@ def fai_positions(fai_values: np.ndarray, n: int, min_tail: int = 2) -> tuple[li
 
 @torch.no_grad()
 def perturb(lm, prompt_ids: Sequence[int], response_ids: Sequence[int], positions: Sequence[int], k: int = 3,
-            max_new_tokens: int = 64) -> list[dict]:
+            max_new_tokens: int = 64, rollout_model=None) -> list[dict]:
     """Table 1 / Eq. 11: at each response position i*, force each of the top-k alternatives v ≠ o_i* of
     p(· | o_<i*), roll out greedily, and compare content tokens after i* with the original's (Jaccard).
 
     The original token is excluded from the candidates (forcing it would reproduce the trajectory). Roll-outs and the
-    original tail are cut to the same horizon, `max_new_tokens` tokens after i*."""
-    model, tok = lm.hf_model, lm.tokenizer
+    original tail are cut to the same horizon, `max_new_tokens` tokens after i*. All roll-outs of one response run
+    as one left-padded greedy batch (positions follow the mask), the same tokens as one position at a time.
+    `rollout_model`: the HF model that scores and rolls out (default `lm.hf_model`; a plain copy of the same weights
+    without the bridge's hooks is several times faster)."""
+    model, tok = rollout_model if rollout_model is not None else lm.hf_model, lm.tokenizer
     prompt, resp = list(prompt_ids), list(response_ids)
     ids = torch.tensor([prompt + resp], device=lm.device)
     logits = model(input_ids=ids).logits[0].float()
     eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    forced = [(int(i), v) for i in positions
+              for v in [int(v) for v in logits[len(prompt) + i - 1].topk(k + 1).indices if int(v) != resp[i]][:k]]
+    if not forced:
+        return []
+    seqs = [prompt + resp[:i] + [v] for i, v in forced]  # one greedy roll-out batch, left-padded
+    n = max(map(len, seqs))
+    batch = torch.tensor([[pad] * (n - len(q)) + q for q in seqs], device=lm.device)
+    mask = torch.tensor([[0] * (n - len(q)) + [1] * len(q) for q in seqs], device=lm.device)
+    gen = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=eos, pad_token_id=pad)
     rows = []
-    for i in positions:
-        cand = [int(v) for v in logits[len(prompt) + i - 1].topk(k + 1).indices if int(v) != resp[i]][:k]
-        batch = torch.tensor([prompt + resp[:i] + [v] for v in cand], device=lm.device)
-        gen = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=eos,
-                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos)
+    for (i, v), g in zip(forced, gen[:, n:].tolist()):
+        g = g[:g.index(eos)] if eos in g else g
         orig = content_tokens(tok.convert_ids_to_tokens(resp[i + 1:i + 1 + max_new_tokens]))
-        for v, g in zip(cand, gen[:, batch.shape[1]:].tolist()):
-            g = g[:g.index(eos)] if eos in g else g
-            rows.append({"position": int(i), "original": tok.convert_ids_to_tokens(resp[i]),
-                         "forced": tok.convert_ids_to_tokens(v),
-                         "jaccard": jaccard(orig, content_tokens(tok.convert_ids_to_tokens(g)))})
+        rows.append({"position": i, "original": tok.convert_ids_to_tokens(resp[i]),
+                     "forced": tok.convert_ids_to_tokens(v),
+                     "jaccard": jaccard(orig, content_tokens(tok.convert_ids_to_tokens(g)))})
     return rows
 
 

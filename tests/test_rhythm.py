@@ -201,6 +201,8 @@ def test_analyse_and_perturb_on_the_organism(toy):
     top, bottom = rhythm.fai_positions(rh.fai, n=1)
     rows = rhythm.perturb(toy, p, r, top + bottom, k=2, max_new_tokens=16)
     assert len(rows) == 4 and all(0 <= x["jaccard"] <= 1 and x["forced"] != x["original"] for x in rows)
+    one_at_a_time = [row for i in top + bottom for row in rhythm.perturb(toy, p, r, [i], k=2, max_new_tokens=16)]
+    assert rows == one_at_a_time  # the left-padded batch rolls out the same tokens
 
 
 def test_perturbation_summary_counts_examples():
