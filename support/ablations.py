@@ -126,9 +126,7 @@ def generation_model(name: str) -> tuple[Any, Any]:
     whatever computes the attention."""
     from .models import load_plain
 
-    hf, tok = load_plain(name)
-    hf.set_attn_implementation("sdpa")
-    return hf, tok
+    return load_plain(name, attn="sdpa")
 
 
 def sample_grid(model: Any, tokenizer: Any, conds: Sequence[Condition], items: Mapping[tuple[str, str], Sequence],

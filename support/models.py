@@ -211,15 +211,20 @@ def load_model(
                        meta=meta)
 
 
-def load_plain(name: str, device: str | None = None, dtype: str | torch.dtype | None = None):
-    """(plain HF model, tokenizer) for training, resolved exactly as `load_model` does (no bridge).
+def load_plain(name: str, device: str | None = None, dtype: str | torch.dtype | None = None,
+               attn: str | None = None):
+    """(plain HF model, tokenizer) for training and sampling, resolved exactly as `load_model` does (no bridge).
 
-    Train on the plain model, then `rebridge(lm, model)` for tracing/analysis.
+    Train on the plain model, then `rebridge(lm, model)` for tracing/analysis. `attn` sets the attention
+    implementation (``"sdpa"`` computes no attention weights: faster sampling and training; ``"eager"``).
     """
     kind, path = resolve(name)
     dev = pick_device(device)
     tok = load_tokenizer(kind, path, name)
-    return load_hf(kind, path, name, dev, pick_dtype(dev, dtype)), tok
+    model = load_hf(kind, path, name, dev, pick_dtype(dev, dtype))
+    if attn is not None:
+        model.set_attn_implementation(attn)
+    return model, tok
 
 
 def rebridge(lm: LoadedModel, hf_model, suffix: str = "") -> LoadedModel:
@@ -230,6 +235,20 @@ def rebridge(lm: LoadedModel, hf_model, suffix: str = "") -> LoadedModel:
         meta["variant"] = suffix
     return LoadedModel(name=lm.name, bridge=b, hf_model=hf_model, tokenizer=lm.tokenizer, kind=lm.kind, path=lm.path,
                        revision=lm.revision, meta=meta)
+
+
+def load_checkpoint(path: str | Path, like: LoadedModel) -> LoadedModel:
+    """A training checkpoint folder (e.g. chapter 05's GRPO `checkpoint-<step>`), bridged with `like`'s tokenizer,
+    device and dtype. Training never changes the tokenizer, and one re-saved beside the weights by a trainer can
+    tokenize the organism's special tokens differently, so `like`'s is used and recorded."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ValueError(f"{path} is not a model checkpoint (no config.json)")
+    hf = load_hf("local", path, str(path), like.device, next(like.hf_model.parameters()).dtype)
+    meta = {"weights": file_hash(path.glob("*.safetensors")), "tokenizer": like.meta.get("tokenizer"),
+            "tokenizer_from": like.name}
+    return LoadedModel(name=str(path), bridge=bridge(hf, like.tokenizer, str(path)), hf_model=hf,
+                       tokenizer=like.tokenizer, kind="local", path=path, meta=meta)
 
 
 def random_hf_model(arch: str = "qwen2", **overrides):

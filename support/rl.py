@@ -456,6 +456,8 @@ def reward_function(family: str) -> Callable[..., list[float]]:
 
 
 # ----------------------------------------------------------------------------------------------- config
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's, see grpo_config
+
 def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_step: int = 16, num_generations: int = 8,
                 max_completion_length: int = 48, learning_rate: float = 1e-4, loss_type: str = "grpo",
                 temperature: float = 1.0, beta: float = 0.0, steps_per_generation: int | None = None,
@@ -502,8 +504,7 @@ def policy(model_name: str, device: str | None = None):
     the same."""
     from .models import load_plain
 
-    model, tok = load_plain(model_name, device=device, dtype="float32")
-    model.set_attn_implementation("sdpa")
+    model, tok = load_plain(model_name, device=device, dtype="float32", attn="sdpa")
     eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     if tok.pad_token_id is None:
@@ -547,26 +548,30 @@ def prompt_rows(items: Sequence[Any], tokenizer=None, template: str = "model") -
 
 
 def policy_accuracy(model, tokenizer, items: Sequence[Any], prompts: Sequence[str], max_new_tokens: int,
-                    sampled: bool = False, seed: int = 0, batch_size: int = 64) -> float:
-    """Held-out accuracy of the current policy: greedy, or one sample at T = 1 (the training temperature)."""
+                    sampled: bool = False, seed: int = 0, batch_size: int = 96, temperature: float = 1.0,
+                    samples: int = 1) -> float:
+    """Held-out accuracy of the current policy: greedy, or the mean over `samples` samples per item at
+    `temperature` (pass the training temperature)."""
     from .decoding import Sampling, generate
     from .scoring import accuracy
 
-    sampling = Sampling(do_sample=True, temperature=1.0, seed=seed) if sampled else Sampling()
+    sampling = Sampling(do_sample=True, temperature=temperature, seed=seed) if sampled else Sampling()
+    reps = samples if sampled else 1
     was = model.training
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:  # the evaluation's seeded sampling must not change the training run's random stream
         with torch.random.fork_rng(devices=devices):
-            responses = generate(model, tokenizer, list(prompts), max_new_tokens, batch_size, sampling=sampling)
+            responses = generate(model, tokenizer, list(prompts) * reps, max_new_tokens, batch_size,
+                                 sampling=sampling)
     finally:
         model.train(was)
-    return accuracy(items, responses)
+    return accuracy(list(items) * reps, responses)
 
 
 def _eval_callback(items: Sequence[Any], prompts: Sequence[str], tokenizer, every: int, max_new_tokens: int,
-                   seed: int, log: list[dict], at_start: bool = True):
-    """A TrainerCallback recording greedy and sampled held-out accuracy at the start (unless `at_start` is False),
-    every `every` steps and at the end."""
+                   seed: int, log: list[dict], at_start: bool = True, temperature: float = 1.0, samples: int = 1):
+    """A TrainerCallback recording greedy and sampled held-out accuracy (`samples` per item at `temperature`) at the
+    start (unless `at_start` is False), every `every` steps and at the end."""
     from transformers import TrainerCallback
 
     class HeldOut(TrainerCallback):
@@ -576,7 +581,8 @@ def _eval_callback(items: Sequence[Any], prompts: Sequence[str], tokenizer, ever
             t0 = time.perf_counter()
             log.append({"step": step,
                         "greedy": policy_accuracy(model, tokenizer, items, prompts, max_new_tokens),
-                        "sampled": policy_accuracy(model, tokenizer, items, prompts, max_new_tokens, True, seed + step),
+                        "sampled": policy_accuracy(model, tokenizer, items, prompts, max_new_tokens, True, seed + step,
+                                                   temperature=temperature, samples=samples),
                         "eval_seconds": round(time.perf_counter() - t0, 2)})
 
         def on_train_begin(self, args, state, control, model=None, **kw):
@@ -617,15 +623,17 @@ def _quiet_deprecations() -> Iterator[None]:
 
 def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence[Any], out_dir: str | Path, *,
                credit: CreditConfig, steps: int, prompts_per_step: int = 16, num_generations: int = 8,
-               max_completion_length: int = 128, learning_rate: float = 1e-4, seed: int = 0, eval_every: int = 10,
+               max_completion_length: int = 128, learning_rate: float = 1e-4, temperature: float = 1.0,
+               eval_samples: int = 1, seed: int = 0, eval_every: int = 10,
                save_steps: int | None = None, resume: bool = False, template: str = "model", eval_at_start: bool = True,
                quiet: bool = True, provenance: Mapping[str, Any] | None = None, **config: Any) -> GRPORun:
     """Train `model_name` with (attention-credit) GRPO on `train_items` and record held-out accuracy.
 
     Checkpoints (model, optimizer, scheduler, RNG: TRL/transformers' own) go to `out_dir/checkpoint-<step>` every
-    `save_steps`; `resume=True` continues from the last one. Held-out accuracy (greedy and one sample at T = 1) is
-    measured at the start (skip it with `eval_at_start=False` when several runs share a starting point), every
-    `eval_every` steps and at the end. `run.json` holds the log, the held-out curve and the
+    `save_steps`; `resume=True` continues from the last one. Held-out accuracy (greedy, and the mean of
+    `eval_samples` samples per item at the training `temperature`) is measured at the start (skip it with
+    `eval_at_start=False` when several runs share a starting point), every `eval_every` steps and at the end.
+    `run.json` holds the log, the held-out curve and the
     provenance (model, dataset ids, parameters, code version) the caller passes."""
     import json
 
@@ -650,9 +658,9 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
     with _quiet_deprecations():  # transformers 5 renamed gradient checkpointing; TRL 1.16 uses the old names
         cfg = grpo_config(out, max_steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
                           max_completion_length=max_completion_length, learning_rate=learning_rate, seed=seed,
-                          save_steps=save_steps, logging_steps=1, **config)
+                          temperature=temperature, save_steps=save_steps, logging_steps=1, **config)
         held_out = _eval_callback(eval_items, eval_prompts, tok, eval_every, max_completion_length, seed, evals,
-                                  eval_at_start)
+                                  eval_at_start, temperature, eval_samples)
         trainer = CreditGRPOTrainer(
             model=model, reward_funcs=[reward_function(family(train_items[0]))], args=cfg,
             train_dataset=Dataset.from_list(rows), processing_class=tok, credit=credit, callbacks=[held_out])
@@ -693,7 +701,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--num-generations", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--loss-type", default="grpo")
+    ap.add_argument("--loss-type", default="grpo", choices=LOSS_TYPES)
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of training and evaluation")
+    ap.add_argument("--eval-samples", type=int, default=1, help="sampled completions per held-out item")
+    ap.add_argument("--mask-truncated", action="store_true",
+                    help="leave completions cut at --max-new-tokens out of the loss (TRL mask_truncated_completions)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--n-eval", type=int, default=512)
@@ -703,12 +716,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     credit = CreditConfig(strategy=a.strategy, q=a.q, seed=a.seed)  # validated before anything loads
     train, test = load_task(a.task, "train", a.n_train).items, load_task(a.task, "test", a.n_eval).items
     run = train_grpo(a.model, train, test, a.out, credit=credit, steps=a.steps, prompts_per_step=a.prompts_per_step,
                      num_generations=a.num_generations, max_completion_length=a.max_new_tokens, learning_rate=a.lr,
                      seed=a.seed, eval_every=a.eval_every, save_steps=a.save_every, resume=a.resume,
-                     template=a.template, loss_type=a.loss_type,
+                     template=a.template, loss_type=a.loss_type, temperature=a.temperature,
+                     eval_samples=a.eval_samples, mask_truncated_completions=a.mask_truncated,
                      provenance={"model": {"name": a.model}, "dataset": a.task, "params": vars(a) | {"out": str(a.out)},
                                  "example_ids": [str(getattr(it, "id", i)) for i, it in enumerate(train)]})
     print(f"{a.strategy}: held-out greedy {run.final('greedy'):.3f}, sampled {run.final('sampled'):.3f} "

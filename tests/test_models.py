@@ -131,3 +131,17 @@ def test_retrieval_attention_refuses_a_model_without_the_organism_tokens(tiny_di
     lm = load_model(str(tiny_dir("qwen2")), device="cpu")
     with pytest.raises(ValueError, match="organism"):
         retrieval_attention(lm, generate("toy_mc4", 1, "test"))
+
+
+def test_a_saved_checkpoint_loads_bridged_with_the_reference_tokenizer(toy, tmp_path):
+    from support.models import load_checkpoint, load_plain
+
+    load_plain(toy.name, device="cpu")[0].save_pretrained(tmp_path / "checkpoint-1")  # a bridged model cannot save
+    lm = load_checkpoint(tmp_path / "checkpoint-1", toy)
+    ids = toy.tokenizer("Numbers : 3 4 5 6 . Target : 7 .", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(lm.bridge(ids), toy.bridge(ids), atol=1e-5)
+    assert lm.tokenizer is toy.tokenizer and lm.identity()["tokenizer"] == toy.identity()["tokenizer"]
+    assert lm.identity()["weights"] and lm.kind == "local"
+    with pytest.raises(ValueError, match="not a model checkpoint"):
+        load_checkpoint(tmp_path, toy)

@@ -345,6 +345,9 @@ def test_command_line_refuses_bad_input_before_loading(tmp_path, capsys):
     assert e.value.code == 2 and "coupled" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--model", "toy-qwen2", "--task", "nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(base + ["--loss-type", "ppo"])
+    assert "dr_grpo" in capsys.readouterr().err
     with pytest.raises(ParameterError, match=r"q=2"):
         main(base + ["--q", "2"])
     assert not (tmp_path / "r").exists()
