@@ -684,11 +684,57 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
     return run
 
 
+# ----------------------------------------------------------------------------------------------- stored runs
+def stored_runs(model_name: str, root: str | Path | None = None) -> dict[str, dict]:
+    """Longer GRPO runs stored in `root` (default: the project's ``data/grpo_diagnosis``, written by
+    ``experiments/grpo_organism.sh``) that were made with `model_name`: {folder name: run.json}; {} if none."""
+    import json
+
+    from .artifacts import PROJECT_ROOT, PROVENANCE_KEY
+
+    root = Path(root) if root is not None else PROJECT_ROOT / "data" / "grpo_diagnosis"
+    runs = {}
+    for path in sorted(root.glob("*/run.json")):
+        body = json.loads(path.read_text())
+        if body.get(PROVENANCE_KEY, {}).get("model", {}).get("name") == model_name:
+            runs[path.parent.name] = body
+    return runs
+
+
+def run_summary(runs: Mapping[str, dict]):
+    """One tidy row per stored run: its settings, the training reward over the first and last fifth of the steps,
+    the share of completions cut at the length cap, and held-out accuracy before and after."""
+    import pandas as pd
+
+    from .artifacts import PROVENANCE_KEY
+
+    rows = []
+    for name, body in runs.items():
+        log = [h for h in body["history"] if "reward" in h]
+        n = max(1, len(log) // 5)
+        params, ev = body[PROVENANCE_KEY].get("params", {}), body["evals"]
+
+        def fifth(key: str, part: list[dict]) -> float:
+            return round(float(np.mean([h.get(key, float("nan")) for h in part])), 3)
+
+        rows.append({"run": name, "seed": body["seed"], "steps": len(log), "temperature": params.get("temperature"),
+                     "loss": params.get("loss_type"), "mask truncated": params.get("mask_truncated"),
+                     "reward, first fifth": fifth("reward", log[:n]), "reward, last fifth": fifth("reward", log[-n:]),
+                     "clipped, first fifth": fifth("completions/clipped_ratio", log[:n]),
+                     "clipped, last fifth": fifth("completions/clipped_ratio", log[-n:]),
+                     "greedy before": round(ev[0]["greedy"], 3), "greedy after": round(ev[-1]["greedy"], 3),
+                     "sampled before": round(ev[0]["sampled"], 3), "sampled after": round(ev[-1]["sampled"], 3),
+                     "eval samples per item": params.get("eval_samples"), "held-out items": params.get("n_eval"),
+                     "code": body[PROVENANCE_KEY].get("git_commit")})
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m support.rl` (or `accelerate launch -m support.rl` on several GPUs): one GRPO run."""
     import argparse
 
+    from .artifacts import provenance
     from .tasks import DATASETS, load_task
 
     ap = argparse.ArgumentParser(prog="python -m support.rl", description=main.__doc__)
@@ -725,8 +771,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      seed=a.seed, eval_every=a.eval_every, save_steps=a.save_every, resume=a.resume,
                      template=a.template, loss_type=a.loss_type, temperature=a.temperature,
                      eval_samples=a.eval_samples, mask_truncated_completions=a.mask_truncated,
-                     provenance={"model": {"name": a.model}, "dataset": a.task, "params": vars(a) | {"out": str(a.out)},
-                                 "example_ids": [str(getattr(it, "id", i)) for i, it in enumerate(train)]})
+                     provenance=provenance({"name": a.model}, a.task,
+                                           [str(getattr(it, "id", i)) for i, it in enumerate(train)],
+                                           vars(a) | {"out": str(a.out)}))
     print(f"{a.strategy}: held-out greedy {run.final('greedy'):.3f}, sampled {run.final('sampled'):.3f} "
           f"after {a.steps} steps ({run.seconds:.0f} s); checkpoints and run.json in {a.out}")
     return 0

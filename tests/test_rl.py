@@ -378,3 +378,21 @@ def test_sampled_evaluation_leaves_the_training_random_stream_alone():
     torch.manual_seed(123)
     policy_accuracy(model, tok, items, [it.prompt for it in items], 8, sampled=True, seed=7)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_stored_runs_are_filtered_by_model_and_summarised(tmp_path):
+    from support.artifacts import provenance, write_json
+    from support.rl import run_summary, stored_runs
+
+    log = [{"step": i + 1, "reward": r, "completions/clipped_ratio": 0.5 - r / 2} for i, r in
+           enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])]
+    evals = [{"step": 0, "greedy": 0.5, "sampled": 0.25}, {"step": 10, "greedy": 0.625, "sampled": 0.5}]
+    for name, model in (("a", "toy-qwen2"), ("b", "other")):
+        write_json(tmp_path / name / "run.json", {"seed": 1, "history": log + [{"train_runtime": 3.0}], "evals": evals},
+                   provenance({"name": model}, "toy_countdown", ["x"], {"temperature": 0.7, "loss_type": "grpo"}))
+    runs = stored_runs("toy-qwen2", tmp_path)
+    assert list(runs) == ["a"] and stored_runs("toy-qwen2", tmp_path / "none") == {}
+    row = run_summary(runs).iloc[0]
+    assert row["steps"] == 10 and row["temperature"] == 0.7 and row["seed"] == 1
+    assert row["reward, first fifth"] == 0.15 and row["reward, last fifth"] == 0.95
+    assert row["clipped, last fifth"] == 0.025 and (row["sampled before"], row["sampled after"]) == (0.25, 0.5)
