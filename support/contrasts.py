@@ -8,6 +8,12 @@ only where the behaviour's input lives, and a metric at the next token (`support
   same token length in the option list, so the right letter becomes the other option's. Answers are the two letter
   tokens (metric `logit_diff`, or `kl`). Only the first query is used: later ones can be answered by elimination from
   the letters already given.
+- **`check_pairs`** (the organism, the default of chapter 03): a held-out `toy_mc4` item in think mode,
+  teacher-forced through its chain of thought up to the option check that hits, ``37 (A) is``, so the next token is
+  the result (``37``: the option equals the computed result) rather than ``not``. The corrupted prompt writes another
+  option's value on that line (``57 (A) is``), so the right next token becomes ``not``. Answers: (result, ``not``).
+  The behaviour is an equality check of the option against the result computed lines earlier; the SFT organism does
+  it (chapter 03 measures how well) and its base model, which never saw chains of thought, mostly does not.
 - **`math_pairs`** (real models; paper 001 builds its circuits on AIME'24 problems): the problem under the model's
   chat template, followed by a fixed opening of the response (App. A.2 samples each model's own: "Okay, so I have
   this problem ..." after `<think>` for reasoning models, "To determine ..." for base models; one shared opening keeps
@@ -29,8 +35,8 @@ from typing import Any, Sequence
 from .errors import ParameterError
 
 _NUMBER = re.compile(r"\d+")
-#: Pair sources: the organism's lookup items, or a math set of `support.tasks` (problem text with numbers).
-SOURCES = ("toy_lookup", "aime24", "aime25", "amc23", "math500", "gsm8k")
+#: Pair sources: the organism's option checks or lookup items, or a math set of `support.tasks` (problem text with numbers).
+SOURCES = ("toy_check", "toy_lookup", "aime24", "aime25", "amc23", "math500", "gsm8k")
 
 
 @dataclass
@@ -79,15 +85,51 @@ def lookup_pairs(seeds: Sequence[int], n: int, think: bool = False) -> PairSet:
     return PairSet(clean, corrupted, answers, ids)
 
 
-def pairs_from_ids(ids: Sequence[str], think: bool = False) -> PairSet:
-    """The lookup pairs named by `ids` ("toy_lookup/<seed>", what a saved circuit's provenance records)."""
-    seeds = []
+def check_pair(index: int, think: bool = True) -> tuple[str, str, tuple[str, str], str]:
+    """(clean, corrupted, (result, "not"), id) from the `index`-th held-out `toy_mc4` item (test split, seed 0).
+
+    `think=False` asks the same question with the `/no_think` flag but keeps the teacher-forced chain of thought,
+    so the pair differs from the think-on one only in the mode flag."""
+    from .toydata import generate
+
+    it = generate("toy_mc4", index + 1, split="test", seed=0, mode="think")[index]
+    result, hit_letter = it.options[ord(it.answer) - ord("A")], it.answer
+    line = f"\n{result} ({hit_letter}) is"
+    text = it.text
+    cut = text.index(line) + len(line)
+    other = next(o for o in it.options if o != result)
+    clean = text[:cut]
+    corrupted = clean[: cut - len(line)] + f"\n{other} ({hit_letter}) is"
+    if not think:
+        clean, corrupted = (x.replace(" /think<|im_end|>", " /no_think<|im_end|>", 1) for x in (clean, corrupted))
+    return clean, corrupted, (result, "not"), f"toy_check/{index}"
+
+
+def check_pairs(indices: Sequence[int], think: bool = True) -> PairSet:
+    """The option-check pairs of the held-out `toy_mc4` items at `indices` (see `check_pair`)."""
+    clean, corrupted, answers, ids = map(list, zip(*(check_pair(int(i), think) for i in indices)))
+    return PairSet(clean, corrupted, answers, ids)
+
+
+#: The organism's pair sources and their id spellings (what a saved circuit's provenance records).
+TOY_SOURCES = {"toy_check": "toy_check/<index>", "toy_lookup": "toy_lookup/<seed>"}
+
+
+def pairs_from_ids(ids: Sequence[str], think: bool | None = None) -> PairSet:
+    """The organism's pairs named by `ids` ("toy_check/<index>" or "toy_lookup/<seed>", what a saved circuit's
+    provenance records). `think` defaults to each source's own default (check: on, lookup: off)."""
+    parsed = []
     for x in ids:
         head, _, tail = str(x).partition("/")
-        if head != "toy_lookup" or not tail.isdigit():
-            raise ParameterError(f"not a lookup pair id: {x!r}; valid spelling: 'toy_lookup/<seed>'")
-        seeds.append(int(tail))
-    out = [lookup_pair(s, think) for s in seeds]
+        if head not in TOY_SOURCES or not tail.isdigit():
+            raise ParameterError(f"not an organism pair id: {x!r}; valid spellings: {', '.join(TOY_SOURCES.values())}")
+        parsed.append((head, int(tail)))
+    out = []
+    for head, k in parsed:
+        if head == "toy_check":
+            out.append(check_pair(k, True if think is None else think))
+        else:
+            out.append(lookup_pair(k, bool(think)))
     if missing := [i for i, p in zip(ids, out) if p is None]:
         raise ParameterError(f"no pair for {missing}: these lookup items have no option of the same length")
     clean, corrupted, answers, got = map(list, zip(*out))

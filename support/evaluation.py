@@ -38,6 +38,24 @@ def evaluate_mc(model: nn.Module, tokenizer, items: Sequence[Any], template: str
 
 
 @torch.no_grad()
+def next_token_logits(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """[len(prompts), vocab] float32 logits of the token after each prompt (teacher-forced readouts such as
+    chapter 03's held-out pairs). Batches are right-padded: under causal attention a prompt's last position never
+    sees the padding after it, so each row equals the prompt run alone."""
+    dev = next(model.parameters()).device
+    enc = [tokenizer(p).input_ids for p in prompts]
+    pad = tokenizer.pad_token_id or 0
+    out = []
+    for i in range(0, len(enc), batch_size):
+        chunk = enc[i:i + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in chunk], device=dev)
+        last = torch.tensor([len(x) - 1 for x in chunk], device=dev)
+        out.append(model(input_ids=ids).logits[torch.arange(len(chunk), device=dev), last].float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int = 1024, batch_size: int = 8,
                progress: bool = False) -> float:
     """Token-level perplexity exp(Σ NLL / Σ tokens) over texts, each cut into non-overlapping windows (Table 2)."""

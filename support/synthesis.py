@@ -2,7 +2,7 @@
 papers did this).
 
 **Head sets** come from the chapters that select them (`PRODUCERS`): wavering and steadfast heads (paper 000,
-chapter 02, per task), EAP-IG circuit, emergent and think-off-only heads (paper 001, chapter 03, on the lookup
+chapter 02, per task), EAP-IG circuit, emergent and think-off-only heads (paper 001, chapter 03, on the option-check
 pairs), local, global and receiver heads (paper 003, chapter 05). `load_sets` reads them all at once and fails with
 one error naming every missing file and the chapter that writes it.
 
@@ -36,15 +36,15 @@ PRODUCERS = {"wavering": "02_head_selection", "steadfast": "02_head_selection", 
              "circuit": "03_circuits", "emergent": "03_circuits", "base_only": "03_circuits",
              "think_off_only": "03_circuits", "local": "05_attention_credit_rl", "global": "05_attention_credit_rl",
              "receiver": "05_attention_credit_rl"}
-#: Chapter 03 builds its circuits on the organism's lookup pairs (`support.contrasts.lookup_pairs`).
-CIRCUIT_TASK = "toy_lookup"
+#: Chapter 03 builds its circuits on the organism's option-check pairs (`support.contrasts.check_pairs`).
+CIRCUIT_TASK = "toy_check"
 ENTROPY_KINDS = ("wavering", "steadfast", "random")
 RHYTHM_KINDS = ("local", "global", "receiver")
 
 
 # ----------------------------------------------------------------------------------------------- head sets
 def set_task(kind: str, entropy_task: str, rhythm_task: str) -> str:
-    """The task folder a head set of `kind` lives in (chapter 02: entropy_task, 05: rhythm_task, 03: lookup)."""
+    """The task folder a head set of `kind` lives in (chapter 02: entropy_task, 05: rhythm_task, 03: toy_check)."""
     if kind not in PRODUCERS:
         raise ParameterError(f"unknown head set {kind!r}; valid choices: {sorted(PRODUCERS)}")
     return entropy_task if kind in ENTROPY_KINDS else rhythm_task if kind in RHYTHM_KINDS else CIRCUIT_TASK

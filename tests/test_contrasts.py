@@ -1,4 +1,4 @@
-"""Clean/corrupted pairs: the organism's lookup pairs and number-swapped math problems (real GSM8K/AIME rows)."""
+"""Clean/corrupted pairs: the organism's option-check and lookup pairs and number-swapped math problems (real GSM8K/AIME rows)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,45 @@ def test_pairs_from_ids_rebuild_the_saved_pairs():
     assert (again.clean, again.corrupted, again.answers, again.ids) == (ps.clean, ps.corrupted, ps.answers, ps.ids)
     with pytest.raises(ParameterError, match="toy_lookup/<seed>"):
         contrasts.pairs_from_ids(["toy_mc4/3"])
+
+
+def test_check_pairs_differ_in_the_checked_value_only(tok):
+    ps = contrasts.check_pairs(range(12))
+    assert ps.ids == [f"toy_check/{i}" for i in range(12)]
+    for c, x, (result, other) in zip(ps.clean, ps.corrupted, ps.answers):
+        ci, xi = tok(c).input_ids, tok(x).input_ids
+        assert len(ci) == len(xi) and [k for k in range(len(ci)) if ci[k] != xi[k]] == [len(ci) - 3]
+        assert other == "not" and c.endswith(f"\n{result} ({c.split()[-2][1]}) is") and x.split()[-3] != result
+        assert f"= {result}\n" in c and "/think<|im_end|>" in c  # the chain of thought computed the result
+        assert tok.convert_tokens_to_ids(result) != tok.unk_token_id
+    off = contrasts.check_pairs(range(12), think=False)
+    assert all(a.replace("/think<|im_end|>", "/no_think<|im_end|>") == b for a, b in zip(ps.clean, off.clean))
+    again = contrasts.pairs_from_ids(ps.ids)
+    assert (again.clean, again.corrupted, again.answers) == (ps.clean, ps.corrupted, ps.answers)
+    assert contrasts.pairs_from_ids(ps.ids, think=False).clean == off.clean
+
+
+def test_the_organism_checks_options_and_its_base_mostly_does_not():
+    """The option check is a behaviour of the SFT checkpoint (chapter 03's circuit target): the right token beats
+    the other on clean (the value) and corrupted (`not`) prompts; the base model says the value either way."""
+    import torch
+
+    from support.models import load_plain
+
+    ps = contrasts.check_pairs(range(12))
+
+    def accuracy(name: str) -> tuple[float, float]:
+        model, tk = load_plain(name)
+        right = []
+        with torch.no_grad():
+            for c, x, pair in zip(ps.clean, ps.corrupted, ps.answers):
+                a, b = tk.convert_tokens_to_ids(list(pair))
+                lc, lx = (model(tk(s, return_tensors="pt").input_ids).logits[0, -1] for s in (c, x))
+                right.append((bool(lc[a] > lc[b]), bool(lx[b] > lx[a])))
+        return tuple(float(sum(r[k] for r in right)) / len(right) for k in (0, 1))
+
+    assert accuracy("toy-qwen2") >= (0.9, 0.9)
+    assert accuracy("toy-qwen2-base")[1] <= 0.5
 
 
 def test_lookup_pairs_refuse_more_than_the_seeds_give():

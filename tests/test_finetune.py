@@ -351,3 +351,16 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
     a, _ = read_tensors(tmp_path / "ref/merged.safetensors")
     b, _ = read_tensors(tmp_path / "run/merged.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_next_token_logits_of_a_padded_batch_equal_one_prompt_at_a_time():
+    from support.contrasts import check_pairs
+    from support.models import load_plain
+
+    model, tok = load_plain("toy-qwen2")
+    prompts = check_pairs(range(3)).clean + ["<|im_start|>user\nWhat is 3 + 4 ?"]  # lengths differ
+    assert len({len(tok(p).input_ids) for p in prompts}) > 1
+    batched = ev.next_token_logits(model, tok, prompts, batch_size=3)
+    with torch.no_grad():
+        alone = torch.stack([model(tok(p, return_tensors="pt").input_ids).logits[0, -1].float() for p in prompts])
+    assert batched.shape == alone.shape and torch.allclose(batched, alone, atol=1e-4)
