@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from .errors import ParameterError
 
 _NUMBER = re.compile(r"\d+")
-#: Pair sources: the organism's option checks or lookup items, or a math set of `support.tasks` (problem text with numbers).
+#: Pair sources: the organism's option checks or lookup items, or a math set of `support.tasks` (text with numbers).
 SOURCES = ("toy_check", "toy_lookup", "aime24", "aime25", "amc23", "math500", "gsm8k")
 
 

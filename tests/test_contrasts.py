@@ -1,4 +1,4 @@
-"""Clean/corrupted pairs: the organism's option-check and lookup pairs and number-swapped math problems (real GSM8K/AIME rows)."""
+"""Clean/corrupted pairs: the organism's option-check and lookup pairs, number-swapped math problems (real rows)."""
 
 from __future__ import annotations
 
