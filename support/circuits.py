@@ -842,6 +842,29 @@ def load_graph(path: Path | str, expect_model: Mapping | None) -> Graph:
 
 
 # ----------------------------------------------------------------------------------------------- GQA
+def regroup(graph: Graph, n_kv_heads: int) -> Graph:
+    """The graph of an ungrouped model (one K/V receiver per query head, `ungroup_kv` or SHFT's ``ungrouped``
+    policy) in the grouped layout of a model with `n_kv_heads` K/V heads: each group's K (V) score is the sum of
+    its query heads' K (V) scores (exact for `ungroup_kv`, tested), so graphs of both kinds compare edge by edge.
+    A graph already in that layout is returned as is."""
+    L, H, G = graph.n_layers, graph.n_heads, int(n_kv_heads)
+    if graph.n_kv_heads == G:
+        return graph
+    if graph.n_kv_heads != H or G < 1 or H % G:
+        raise ParameterError(f"cannot regroup a graph with {graph.n_kv_heads} K/V receivers per layer into {G} "
+                             f"groups of {H} query heads; valid: an ungrouped graph ({H} K/V receivers) and a "
+                             f"divisor of {H}")
+    cols = []
+    for l in range(L):
+        base = l * (3 * H + 1)
+        cols.append(graph.scores[:, base:base + H])
+        for off in (H, 2 * H):
+            cols.append(graph.scores[:, base + off:base + off + H].reshape(-1, G, H // G).sum(-1))
+        cols.append(graph.scores[:, base + 3 * H:base + 3 * H + 1])
+    cols.append(graph.scores[:, -1:])
+    return Graph(L, H, G, torch.cat(cols, 1), {**graph.meta, "regrouped_from": H})
+
+
 def ungroup_kv(hf_model):
     """An equivalent HF model with one K/V head per query head (K/V projection rows repeated per group).
 

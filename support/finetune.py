@@ -8,18 +8,33 @@ q_proj/v_proj, dropout 0, bias none; injected into the plain HF model before any
 SHFT (Eq. 4): only the Q, K, V and O projection slices of the selected heads Θ_H are trained; norms, MLPs,
 embeddings, unembedding and every other slice stay at their pre-trained values.
 
-* **GQA policy.** Each selected query head (l, h) trains its Q rows and its O columns; each key/value group
-  (l, g) that contains at least one selected query head trains its (shared) K and V rows once. A group shared
-  by several selected heads is therefore counted once.
+* **GQA policy** (``gqa_policy``, `GQA_POLICIES`). Under grouped-query attention the n_rep = H/G query heads of
+  a key/value group share its K and V rows, so "the K and V slices of head (l, h)" needs a rule:
+
+  - ``"ungrouped"`` (default): each selected query head gets its own K and V rows. The attention layers that hold
+    a selected head are *ungrouped* first (`ungroup_layers`): k_proj/v_proj are replaced by Linear layers whose
+    rows are the group rows repeated per query head and the module's ``num_key_value_groups`` is set to 1 (exactly
+    the same function; eager and sdpa both repeat K/V by that attribute). A selected head's K/V deltas then sit on
+    its own rows: unselected sibling heads stay untouched, and the budget is the paper's, independent of grouping.
+    The trained model keeps those layers ungrouped (wider k/v_proj; the HF config is unchanged unless every layer
+    is ungrouped, `ungroup_layers(model)` does all); `load_run` re-ungroups from the saved policy.
+  - ``"shared"``: each key/value group (l, g) that contains a selected query head trains its shared K and V rows
+    once (the behaviour before the policy existed; runs saved without a policy are loaded so). The unselected
+    query heads of those groups (`affected_siblings`) change too, and the count depends on how many groups G a
+    head set touches, so equal-size head sets can differ in trainable parameters.
+  - ``"qo_only"``: only the Q rows and O columns of the selected heads train; K and V stay frozen.
 * **Biases.** Qwen2 has q/k/v biases (o_proj has none). With ``include_bias=True`` (default) the bias entries of
-  the selected Q rows and K/V rows are trained too; ``include_bias=False`` trains weights only.
+  the trained Q and K/V rows train too; ``include_bias=False`` trains weights only.
 * **Exact count** (`shft_param_count`), d = hidden size, d_head = head dim, M = |H|, G = number of distinct
   (layer, kv-group) pairs touched, b = 1 when q/k/v biases exist and are trained, else 0:
 
-      P(H) = 2·d·d_head·M  +  2·d·d_head·G  +  b·d_head·(M + 2G)
+      ungrouped:  P(H) = 4·d·d_head·M + 3·b·d_head·M
+      shared:     P(H) = 2·d·d_head·(M + G) + b·d_head·(M + 2G)
+      qo_only:    P(H) = 2·d·d_head·M + b·d_head·M
 
-  Without GQA (n_kv_heads = n_heads) G = M, so P = 4·d·d_head·M + 3·b·d_head·M, and with no biases exactly the
-  paper's footnote 2: P = 4·d·d_head·M (Llama-2-7B, M = 30: 4·4096·128·30 = 62.9M).
+  Under ``ungrouped`` (and without GQA, where G = M, under ``shared`` too) the count depends on M only, and with no
+  biases it is exactly the paper's footnote 2: P = 4·d·d_head·M (Llama-2-7B, M = 30: 4·4096·128·30 = 62.9M), so
+  head sets of equal size have "strictly constant" trainable parameter counts.
 
 Implementation: the trainable slices are small zero-initialised `nn.Parameter` deltas (one set per layer) held in
 a `SHFT` module that is registered on the HF model as ``model.shft``; forward hooks on q/k/v/o_proj add the slice
@@ -42,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ParameterError
 from .heads import Head, check_heads
 from .training import count_trainable
 
@@ -51,6 +67,10 @@ REGIME_LABELS = {"base": "base", "full": "Full SFT", "lora": "LoRA", "random": "
                  "wh": "WH-only"}
 HEAD_REGIMES = ("wh", "sh", "random")
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+#: How SHFT treats K/V rows shared by several query heads under GQA (module docstring).
+GQA_POLICIES = ("ungrouped", "shared", "qo_only")
+#: Names of the K/V deltas per policy; ``shared`` keeps the names runs had before the policy existed.
+KV_NAMES = {"ungrouped": ("k_head", "v_head"), "shared": ("k", "v"), "qo_only": ()}
 
 
 # ----------------------------------------------------------------------------------------------- regimes
@@ -59,6 +79,13 @@ def check_regime(regime: str) -> str:
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; valid choices: {', '.join(REGIMES)}")
     return regime
+
+
+def check_gqa_policy(policy: str) -> str:
+    """Return `policy` or raise one ParameterError naming the valid choices."""
+    if policy not in GQA_POLICIES:
+        raise ParameterError(f"unknown gqa_policy {policy!r}; valid choices: {', '.join(GQA_POLICIES)}")
+    return policy
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -106,16 +133,66 @@ def geometry(model: nn.Module) -> Geometry:
 
 
 def kv_groups(heads: Sequence[Head], geom: Geometry) -> list[Head]:
-    """Distinct (layer, kv-group) pairs that contain a selected query head (GQA policy)."""
+    """Distinct (layer, kv-group) pairs that contain a selected query head."""
     return sorted({(l, h // geom.group_size) for l, h in heads})
 
 
-def shft_param_count(heads: Sequence[Head], geom: Geometry, include_bias: bool = True) -> int:
-    """Exact SHFT trainable-parameter count P(H) = 2·d·d_head·(M + G) + b·d_head·(M + 2G) (module docstring)."""
+def affected_siblings(heads: Sequence[Head], geom: Geometry, gqa_policy: str = "shared") -> list[Head]:
+    """Unselected query heads whose K/V rows SHFT trains too: under ``shared``, the other query heads of every
+    touched key/value group; none under ``ungrouped`` and ``qo_only``."""
+    if check_gqa_policy(gqa_policy) != "shared":
+        return []
     heads = check_heads(heads, geom.n_layers, geom.n_heads)
-    m, g = len(heads), len(kv_groups(heads, geom))
+    gs, sel = geom.group_size, set(heads)
+    return [(l, g * gs + i) for l, g in kv_groups(heads, geom) for i in range(gs) if (l, g * gs + i) not in sel]
+
+
+def shft_param_count(heads: Sequence[Head], geom: Geometry, include_bias: bool = True,
+                     gqa_policy: str = "ungrouped") -> int:
+    """Exact SHFT trainable-parameter count P(H) under `gqa_policy` (paper 000 Eq. 4; module docstring)."""
+    check_gqa_policy(gqa_policy)
+    heads = check_heads(heads, geom.n_layers, geom.n_heads)
+    m = len(heads)
+    kv = {"ungrouped": m, "shared": len(kv_groups(heads, geom)), "qo_only": 0}[gqa_policy]
     b = int(include_bias and geom.qkv_bias)
-    return 2 * geom.d_model * geom.d_head * (m + g) + b * geom.d_head * (m + 2 * g)
+    return 2 * geom.d_model * geom.d_head * (m + kv) + b * geom.d_head * (m + 2 * kv)
+
+
+# ----------------------------------------------------------------------------------------------- ungrouping
+def _repeat_rows(t: torch.Tensor, rep: int, d_head: int) -> torch.Tensor:
+    """Rows [G·d_head, ...] -> [G·rep·d_head, ...], each group's block repeated `rep` times (as repeat_kv does)."""
+    return t.reshape(-1, d_head, *t.shape[1:]).repeat_interleave(rep, 0).reshape(-1, *t.shape[1:])
+
+
+@torch.no_grad()
+def _ungroup_attention(attn: nn.Module, d_head: int) -> None:
+    rep = int(attn.num_key_value_groups)
+    if rep == 1:
+        return
+    for name in ("k_proj", "v_proj"):
+        old = getattr(attn, name)
+        if type(old) is not nn.Linear:
+            raise ValueError(f"cannot ungroup {type(old).__name__} {name}; ungroup the plain HF model (no adapters)")
+        new = nn.Linear(old.in_features, old.out_features * rep, bias=old.bias is not None, device="meta")
+        new.weight = nn.Parameter(_repeat_rows(old.weight, rep, d_head), requires_grad=old.weight.requires_grad)
+        if old.bias is not None:
+            new.bias = nn.Parameter(_repeat_rows(old.bias, rep, d_head), requires_grad=old.bias.requires_grad)
+        setattr(attn, name, new)
+    attn.num_key_value_groups = 1
+
+
+def ungroup_layers(model: nn.Module, layers: Sequence[int] | None = None) -> list[int]:
+    """Give every query head of `layers` (default: all) its own K/V rows, in place and exactly: k_proj/v_proj rows
+    repeated per query head, ``num_key_value_groups`` = 1. When no grouped layer is left, the config says so
+    (``num_key_value_heads`` = H). Returns the layers that were grouped before."""
+    geom = geometry(model)
+    attns = attention_modules(model)
+    todo = [l for l in (range(len(attns)) if layers is None else layers) if attns[l].num_key_value_groups > 1]
+    for l in todo:
+        _ungroup_attention(attns[l], geom.d_head)
+    if all(a.num_key_value_groups == 1 for a in attns):
+        model.config.num_key_value_heads = geom.n_heads
+    return todo
 
 
 # ----------------------------------------------------------------------------------------------- SHFT
@@ -124,31 +201,37 @@ def _rows(units: Sequence[int], d_head: int, device) -> torch.Tensor:
 
 
 class LayerDeltas(nn.Module):
-    """Trainable slice deltas of one layer: ΔQ, ΔK, ΔV rows [r, d], ΔO columns [d, r], optional bias deltas."""
+    """Trainable slice deltas of one layer: ΔQ and ΔK/ΔV rows [r, d], ΔO columns [d, r], optional bias deltas.
 
-    def __init__(self, attn: nn.Module, q_heads: Sequence[int], groups: Sequence[int], geom: Geometry,
-                 include_bias: bool, dtype: torch.dtype):
+    `kv_units` index the K/V heads of k/v_proj as they are (groups, or query heads of an ungrouped layer) and
+    `kv_names` name their deltas (`KV_NAMES`: the names tell the policy apart in saved runs); none: ``qo_only``."""
+
+    def __init__(self, attn: nn.Module, q_heads: Sequence[int], kv_units: Sequence[int], geom: Geometry,
+                 include_bias: bool, dtype: torch.dtype, kv_names: Sequence[str] = ("k", "v")):
         super().__init__()
         dev = _linear(attn.q_proj).weight.device
         self.register_buffer("q_idx", _rows(q_heads, geom.d_head, dev), persistent=True)
-        self.register_buffer("kv_idx", _rows(groups, geom.d_head, dev), persistent=True)
+        self.register_buffer("kv_idx", _rows(kv_units, geom.d_head, dev), persistent=True)
         nq, nkv, d = len(self.q_idx), len(self.kv_idx), geom.d_model
+        kv_names = tuple(kv_names) if nkv else ()
         zeros = lambda *s: nn.Parameter(torch.zeros(*s, device=dev, dtype=dtype))  # noqa: E731
-        self.q, self.k, self.v, self.o = zeros(nq, d), zeros(nkv, d), zeros(nkv, d), zeros(d, nq)
         bias = include_bias and geom.qkv_bias
-        self.q_bias = zeros(nq) if bias else None
-        self.k_bias = zeros(nkv) if bias else None
-        self.v_bias = zeros(nkv) if bias else None
+        #: (delta name, projection, row-index buffer) of every row-sliced projection
+        self.slots = [("q", "q_proj", "q_idx")] + [(n, p, "kv_idx") for n, p in zip(kv_names, ("k_proj", "v_proj"))]
+        for name, _, idx in self.slots:  # parameter order as before the policy existed (resumable checkpoints)
+            setattr(self, name, zeros(len(getattr(self, idx)), d))
+        self.o = zeros(d, nq)
+        for name, _, idx in self.slots:
+            setattr(self, f"{name}_bias", zeros(len(getattr(self, idx))) if bias else None)
         self.attn = [attn]  # a list, so the attention module is not registered as a submodule
         self.handles: list = []
 
-    def _rows_hook(self, which: str) -> Callable:
+    def _rows_hook(self, name: str, idx_name: str) -> Callable:
         def hook(mod, args, out):
             x = args[0]
-            w, b = getattr(self, which), getattr(self, f"{which}_bias")
+            w, b = getattr(self, name), getattr(self, f"{name}_bias")
             extra = F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
-            idx = self.q_idx if which == "q" else self.kv_idx
-            return out.index_add(-1, idx, extra.to(out.dtype))
+            return out.index_add(-1, getattr(self, idx_name), extra.to(out.dtype))
         return hook
 
     def _o_hook(self, mod, args, out):
@@ -157,10 +240,8 @@ class LayerDeltas(nn.Module):
 
     def attach(self) -> None:
         a = self.attn[0]
-        self.handles = [a.q_proj.register_forward_hook(self._rows_hook("q")),
-                        a.k_proj.register_forward_hook(self._rows_hook("k")),
-                        a.v_proj.register_forward_hook(self._rows_hook("v")),
-                        a.o_proj.register_forward_hook(self._o_hook)]
+        self.handles = [getattr(a, proj).register_forward_hook(self._rows_hook(name, idx))
+                        for name, proj, idx in self.slots] + [a.o_proj.register_forward_hook(self._o_hook)]
 
     def detach(self) -> None:
         for h in self.handles:
@@ -171,10 +252,10 @@ class LayerDeltas(nn.Module):
     def merge(self) -> None:
         """W[rows] += Δ in the HF weights (q/k/v rows, o columns, biases)."""
         a = self.attn[0]
-        for which, idx in (("q", self.q_idx), ("k", self.kv_idx), ("v", self.kv_idx)):
-            lin = _linear(getattr(a, f"{which}_proj"))
-            lin.weight.index_add_(0, idx, getattr(self, which).to(lin.weight.dtype))
-            b = getattr(self, f"{which}_bias")
+        for name, proj, idx_name in self.slots:
+            lin, idx = _linear(getattr(a, proj)), getattr(self, idx_name)
+            lin.weight.index_add_(0, idx, getattr(self, name).to(lin.weight.dtype))
+            b = getattr(self, f"{name}_bias")
             if b is not None:
                 lin.bias.index_add_(0, idx, b.to(lin.bias.dtype))
         o = _linear(a.o_proj)
@@ -185,20 +266,30 @@ class SHFT(nn.Module):
     """All layers' slice deltas for a head set; registered on the HF model as `model.shft` while active."""
 
     def __init__(self, model: nn.Module, heads: Sequence[Head], include_bias: bool = True,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, gqa_policy: str = "ungrouped"):
         super().__init__()
+        self.gqa_policy = check_gqa_policy(gqa_policy)
         self.geom = geometry(model)
         self.heads = check_heads(heads, self.geom.n_layers, self.geom.n_heads)
         self.include_bias = include_bias
+        self.siblings = affected_siblings(self.heads, self.geom, gqa_policy)
         attns = attention_modules(model)
         by_layer: dict[int, list[int]] = {}
         for l, h in self.heads:
             by_layer.setdefault(l, []).append(h)
-        self.layers = nn.ModuleDict({
-            str(l): LayerDeltas(attns[l], hs, sorted({h // self.geom.group_size for h in hs}), self.geom,
-                                include_bias, dtype)
-            for l, hs in sorted(by_layer.items())})
+        if gqa_policy == "ungrouped":
+            ungroup_layers(model, sorted(by_layer))
+        self.layers = nn.ModuleDict({str(l): LayerDeltas(attns[l], hs, self._kv_units(attns[l], hs), self.geom,
+                                                         include_bias, dtype, KV_NAMES[gqa_policy])
+                                     for l, hs in sorted(by_layer.items())})
         self.model = [model]
+
+    def _kv_units(self, attn: nn.Module, q_heads: Sequence[int]) -> list[int]:
+        """Which K/V heads of `attn`'s k/v_proj train for the selected query heads (GQA policy)."""
+        if self.gqa_policy == "qo_only":
+            return []
+        rep = int(getattr(attn, "num_key_value_groups", 1))
+        return sorted({h // rep for h in q_heads})
 
     def deltas(self) -> dict[str, torch.Tensor]:
         """The trainable deltas and their row indices (a state dict; save with `artifacts.write_tensors`)."""
@@ -216,17 +307,19 @@ class SHFT(nn.Module):
 
 
 def apply_shft(model: nn.Module, heads: Sequence[Any], include_bias: bool = True,
-               dtype: torch.dtype = torch.float32) -> SHFT:
-    """Freeze `model` entirely and attach trainable Q/K/V/O slice deltas for `heads` (Eq. 4; GQA policy above).
+               dtype: torch.dtype = torch.float32, gqa_policy: str = "ungrouped") -> SHFT:
+    """Freeze `model` entirely and attach trainable Q/K/V/O slice deltas for `heads` (Eq. 4; `gqa_policy` above).
 
     Works on a plain HF model; the deltas become parameters of `model` (as `model.shft`), so `model.parameters()`
-    with requires_grad yields exactly the slices for any optimizer or standard training loop.
+    with requires_grad yields exactly the slices for any optimizer or standard training loop. Under ``ungrouped``
+    the layers holding a selected head are ungrouped in place first (same function, wider k/v_proj).
     """
+    check_gqa_policy(gqa_policy)
     if getattr(model, "shft", None) is not None:
         raise ValueError("model already has SHFT deltas attached; merge() them first")
     for p in model.parameters():
         p.requires_grad_(False)
-    shft = SHFT(model, heads, include_bias, dtype)
+    shft = SHFT(model, heads, include_bias, dtype, gqa_policy)
     model.add_module("shft", shft)
     for ld in shft.layers.values():
         ld.attach()
@@ -273,6 +366,8 @@ class Prepared:
     model: nn.Module
     heads: list[Head] = field(default_factory=list)
     shft: SHFT | None = None
+    gqa_policy: str | None = None  # head regimes only
+    siblings: list[Head] = field(default_factory=list)  # unselected heads that train too (``shared`` policy)
 
     @property
     def n_trainable(self) -> int:
@@ -303,20 +398,43 @@ class Prepared:
 
 
 def prepare(regime: str, model: nn.Module, heads: Sequence[Any] | None = None, include_bias: bool = True,
-            lora_r: int = 8, lora_alpha: int = 16) -> Prepared:
-    """Freeze/unfreeze `model` for `regime`; head regimes need `heads` (random: pass `random_heads(...)`)."""
+            lora_r: int = 8, lora_alpha: int = 16, gqa_policy: str = "ungrouped") -> Prepared:
+    """Freeze/unfreeze `model` for `regime`; head regimes need `heads` (random: pass `random_heads(...)`) and train
+    under `gqa_policy` (module docstring)."""
     check_regime(regime)
+    check_gqa_policy(gqa_policy)
     if regime in HEAD_REGIMES:
         if heads is None:
             raise ValueError(f"regime {regime!r} needs a head set; head regimes: {', '.join(HEAD_REGIMES)}")
-        shft = apply_shft(model, heads, include_bias)
-        return Prepared(regime, model, shft.heads, shft)
+        shft = apply_shft(model, heads, include_bias, gqa_policy=gqa_policy)
+        return Prepared(regime, model, shft.heads, shft, gqa_policy, shft.siblings)
     if regime == "lora":
         return Prepared(regime, apply_lora(model, lora_r, lora_alpha))
     for p in model.parameters():
         p.requires_grad_(regime == "full")
     return Prepared(regime, model)
 
+
+def saved_policy(names: Sequence[str], params: Mapping[str, Any] | None = None) -> str:
+    """The GQA policy of a saved SHFT run: from its provenance `params` when recorded, else from its delta names
+    (`KV_NAMES`; runs saved before the policy existed have ``k``/``v`` deltas: ``shared``)."""
+    if params and params.get("gqa_policy"):
+        return check_gqa_policy(params["gqa_policy"])
+    leaves = {n.rsplit(".", 1)[-1] for n in names}
+    return next((p for p, kv in KV_NAMES.items() if kv and kv[0] in leaves), "qo_only")
+
+
+def _check_saved_policy(out: Path, gqa_policy: str) -> None:
+    """A finished run in `out` must have been trained under the same GQA policy (its deltas have other shapes)."""
+    from .artifacts import read_tensors
+
+    path = Path(out) / "final.safetensors"
+    if path.exists():
+        tensors, prov = read_tensors(path)
+        saved = saved_policy(list(tensors), prov.get("params"))
+        if saved != gqa_policy:
+            raise ValueError(f"{out} holds a run trained with gqa_policy={saved!r}, not {gqa_policy!r}; "
+                             "use a fresh output directory")
 
 
 # ----------------------------------------------------------------------------------------------- one regime
@@ -329,11 +447,14 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
                out: Path, prov: Mapping[str, Any], heads: Sequence[Any] | None = None, *,
                train_dtype: str = "float32", template: str = "model", max_new_tokens: int = 256,
                lora_r: int = 8, lora_alpha: int = 16, ppl_texts: Sequence[str] | None = None,
-               keep: bool = False, eval_batch_size: int = 64) -> tuple[dict, nn.Module | None]:
+               keep: bool = False, eval_batch_size: int = 64, gqa_policy: str = "ungrouped"
+               ) -> tuple[dict, nn.Module | None]:
     """Train one regime from a fresh copy of the model, save what it trained, evaluate it: (result row, model).
 
     A finished run in `out` is reloaded instead of retrained (`support.training.train`). The row holds accuracy,
-    macro recall and F1, invalid answers, trainable parameters, the final loss and, with `ppl_texts`, perplexity.
+    macro recall and F1, invalid answers, trainable parameters, the GQA policy of head regimes and how many
+    unselected heads train with them (``shared``: `affected_siblings`), the final loss and, with `ppl_texts`,
+    perplexity. The policy is saved in the provenance, so `load_run` rebuilds the same model.
     `keep=True` returns the model too, with SHFT deltas merged (tracing reads W_O from the weights).
     """
     from .artifacts import write_tensors
@@ -341,11 +462,17 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     from .models import load_plain
     from .training import build_dataset, train
 
+    check_regime(regime)
+    check_gqa_policy(gqa_policy)
+    head_regime = regime in HEAD_REGIMES
+    if head_regime:
+        _check_saved_policy(out, gqa_policy)
     hf, tok = load_plain(model_name, dtype=train_dtype)
     torch.manual_seed(cfg.seed)  # LoRA's A initialisation
-    prep = prepare(regime, hf, heads, lora_r=lora_r, lora_alpha=lora_alpha)
+    prep = prepare(regime, hf, heads, lora_r=lora_r, lora_alpha=lora_alpha, gqa_policy=gqa_policy)
+    policy = {"gqa_policy": gqa_policy} if head_regime else {}
     prov = {**prov, "params": {**prov.get("params", {}), "regime": regime, "heads": prep.heads,
-                               "train_seed": cfg.seed}}
+                               "train_seed": cfg.seed, **policy}}
     n_trainable = prep.n_trainable
     res = train(hf, build_dataset(train_items, tok, cfg.max_length, template), cfg,
                 out_dir=out if n_trainable else None, prov=prov)
@@ -355,7 +482,8 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     model = prep.finish()
     ev = evaluate_mc(model, tok, eval_items, template, max_new_tokens, batch_size=eval_batch_size)
     row = {"regime": REGIME_LABELS[regime], "key": regime, "seed": cfg.seed, "M": len(prep.heads) or None,
-           "trainable": n_trainable, "acc": ev["acc"], "rec": ev["rec"], "f1": ev["f1"], "invalid": ev["n_invalid"],
+           "trainable": n_trainable, "gqa policy": prep.gqa_policy, "siblings trained": len(prep.siblings),
+           "acc": ev["acc"], "rec": ev["rec"], "f1": ev["f1"], "invalid": ev["n_invalid"],
            "final loss": res.final_loss, "train s": round(res.seconds, 1)}
     if ppl_texts is not None:
         row["ppl"] = perplexity(model, tok, ppl_texts, cfg.max_length)
@@ -376,9 +504,13 @@ def regime_table(df: Any, tasks: Sequence[str]) -> Any:
 
 
 def load_run(model_name: str, out: Path | str, expect_model: Mapping[str, Any] | None = None,
-             dtype: str = "float32") -> tuple[nn.Module, Any, dict]:
+             dtype: str = "float32", ungroup_all: bool = False) -> tuple[nn.Module, Any, dict]:
     """Rebuild a finished training run of `run_regime` from its directory (`final.safetensors`, whose provenance
-    names the regime and heads): (plain HF model in eval mode with SHFT deltas merged, tokenizer, provenance).
+    names the regime, heads and GQA policy): (plain HF model in eval mode with SHFT deltas merged, tokenizer,
+    provenance). The policy comes from the provenance or the delta names (`saved_policy`; runs saved before it
+    existed trained under ``shared``); ``ungrouped`` runs come back with their trained layers ungrouped, as
+    `Prepared.finish` leaves them. `ungroup_all=True` ungroups every layer (config ``num_key_value_heads`` = H):
+    TransformerBridge's split q/k/v inputs (EAP, `support.circuits`) need one K/V head count for all layers.
 
     `expect_model`: the identity of `model_name` (ProvenanceError if the run trained another model)."""
     from .artifacts import read_tensors
@@ -391,6 +523,10 @@ def load_run(model_name: str, out: Path | str, expect_model: Mapping[str, Any] |
     tensors, prov = read_tensors(path, expect_model=expect_model)
     params = prov.get("params", {})
     hf, tok = load_plain(model_name, dtype=dtype)
-    prep = prepare(params["regime"], hf, params.get("heads") or None)
+    policy = saved_policy(list(tensors), params) if params["regime"] in HEAD_REGIMES else "ungrouped"
+    prep = prepare(params["regime"], hf, params.get("heads") or None, gqa_policy=policy)
     _load_params(hf, tensors, Path(out))
-    return prep.finish(merge=True), tok, prov
+    model = prep.finish(merge=True)
+    if ungroup_all:
+        ungroup_layers(model)
+    return model, tok, prov

@@ -224,6 +224,11 @@ def test_grouped_kv_score_is_the_sum_over_the_groups_query_heads(gqa):
         else:
             want = u.scores[:, ru[name]]
         assert torch.allclose(a.scores[:, r], want, atol=1e-5 * scale), name
+    back = C.regroup(u, a.n_kv_heads)  # the same sums, as one graph in the grouped layout
+    assert back.receivers == a.receivers and torch.allclose(back.scores, a.scores, atol=1e-5 * scale)
+    assert C.regroup(a, a.n_kv_heads) is a
+    with pytest.raises(ParameterError, match="divisor"):
+        C.regroup(a, 1)
 
 
 # ----------------------------------------------------------------------------------------------- IG

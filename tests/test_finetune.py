@@ -58,7 +58,7 @@ def rows(units, d_head):
 def test_shft_step_changes_only_selected_slices():
     hf = random_hf_model("qwen2")  # GQA (4 query heads, 2 kv heads), q/k/v biases
     base = copy.deepcopy(hf.state_dict())
-    shft = ft.apply_shft(hf, HEADS)
+    shft = ft.apply_shft(hf, HEADS, gqa_policy="shared")  # the shared K/V rows of the touched groups train
     tr.train(hf, examples(), tr.TrainConfig(lr=1e-2, max_steps=2, grad_accum=2))  # step 1: warmup, lr 0
     shft.merge()
     assert not hasattr(hf, "shft") and not any(p.requires_grad for p in hf.parameters())
@@ -83,11 +83,12 @@ def test_shft_step_changes_only_selected_slices():
         assert torch.equal(w0.index_select(dim, idx), w1.index_select(dim, idx))
 
 
-def test_hooks_equal_merged_weights_and_identity_at_init():
+@pytest.mark.parametrize("policy", ft.GQA_POLICIES)
+def test_hooks_equal_merged_weights_and_identity_at_init(policy):
     hf = random_hf_model("qwen2")
     ids = torch.randint(0, 128, (2, 10))
     ref = hf(ids).logits
-    shft = ft.apply_shft(hf, HEADS)
+    shft = ft.apply_shft(hf, HEADS, gqa_policy=policy)
     assert torch.equal(hf(ids).logits, ref)  # zero deltas: same function, bit for bit
     for p in shft.parameters():
         torch.nn.init.normal_(p, std=0.05)
@@ -100,7 +101,7 @@ def test_delta_gradients_equal_full_weight_gradient_slices():
     hf = random_hf_model("qwen2")
     ref = copy.deepcopy(hf)
     ex = tr.collate(examples(2), 0, torch.device("cpu"))
-    shft = ft.apply_shft(hf, HEADS)
+    shft = ft.apply_shft(hf, HEADS, gqa_policy="shared")
     hf(**ex).loss.backward()
     ref(**ex).loss.backward()
     attn = ref.model.layers[1].self_attn
@@ -111,6 +112,7 @@ def test_delta_gradients_equal_full_weight_gradient_slices():
     torch.testing.assert_close(ld.o.grad, attn.o_proj.weight.grad[:, rows([2, 3], 16)])
 
 
+@pytest.mark.parametrize("policy", ft.GQA_POLICIES)
 @pytest.mark.parametrize("arch,overrides,bias", [
     ("llama", dict(num_key_value_heads=4), False),   # no GQA, no bias: the paper's footnote 4·d·d_head·M
     ("llama", dict(num_key_value_heads=2), False),   # GQA
@@ -118,22 +120,27 @@ def test_delta_gradients_equal_full_weight_gradient_slices():
     ("qwen2", dict(num_key_value_heads=2), True),    # GQA + biases
     ("qwen3", dict(num_key_value_heads=1), False),   # head_dim from the config, all heads share one group
 ])
-def test_exact_parameter_count(arch, overrides, bias):
+def test_exact_parameter_count(arch, overrides, bias, policy):
     hf = random_hf_model(arch, **overrides)
     geom = ft.geometry(hf)
     assert geom.qkv_bias is bias
-    shft = ft.apply_shft(hf, HEADS)
+    shft = ft.apply_shft(hf, HEADS, gqa_policy=policy)
     n = tr.count_trainable(hf)
-    assert n == ft.shft_param_count(HEADS, geom) == sum(p.numel() for p in shft.parameters())
+    assert n == ft.shft_param_count(HEADS, geom, gqa_policy=policy) == sum(p.numel() for p in shft.parameters())
     d, dh, m = geom.d_model, geom.d_head, len(HEADS)
     g = len({(l, h // geom.group_size) for l, h in HEADS})
-    assert n == 2 * d * dh * (m + g) + int(bias) * dh * (m + 2 * g)
-    if geom.n_kv_heads == geom.n_heads:
-        assert n == 4 * d * dh * m + int(bias) * 3 * dh * m
+    b = int(bias)
+    expect = {"ungrouped": 4 * d * dh * m + 3 * b * dh * m, "shared": 2 * d * dh * (m + g) + b * dh * (m + 2 * g),
+              "qo_only": 2 * d * dh * m + b * dh * m}
+    assert n == expect[policy]
+    if policy == "ungrouped" or (policy == "shared" and geom.n_kv_heads == geom.n_heads):
+        assert n == 4 * d * dh * m + b * 3 * dh * m
         if not bias:
-            assert n == 4 * d * dh * m
+            assert n == 4 * d * dh * m  # the paper's footnote 2
+    assert len(shft.siblings) == (len(ft.affected_siblings(HEADS, geom)) if policy == "shared" else 0)
     shft.merge()
-    assert ft.shft_param_count(HEADS, geom, include_bias=False) == 2 * d * dh * (m + g)
+    no_bias = {"ungrouped": 4 * d * dh * m, "shared": 2 * d * dh * (m + g), "qo_only": 2 * d * dh * m}[policy]
+    assert ft.shft_param_count(HEADS, geom, include_bias=False, gqa_policy=policy) == no_bias
 
 
 def test_optimizer_state_is_slice_sized():
@@ -169,6 +176,157 @@ def test_hf_trainer_trains_only_slices(tmp_path):
     changed = {k for k in base if not torch.equal(base[k], after[k])}
     assert changed == {f"model.layers.1.self_attn.{p}.{w}" for p in ("q_proj", "k_proj", "v_proj")
                        for w in ("weight", "bias")} | {"model.layers.1.self_attn.o_proj.weight"}
+
+
+# ----------------------------------------------------------------------------------------------- GQA policy
+GQA_ARCHS = [("qwen2", dict(num_key_value_heads=2)),   # 4 query heads in 2 groups, q/k/v biases
+             ("llama", dict(num_key_value_heads=2)),
+             ("qwen3", dict(num_key_value_heads=1))]   # one group holds all 4 query heads
+LAST = [(1, 1), (1, 2)]  # in the last layer (earlier layers are untouched), in two different kv-groups of qwen2
+
+
+def head_outputs(hf, ids) -> torch.Tensor:
+    """Per-head attention outputs (the input of o_proj) of every layer: [L, H, batch, pos, d_head]."""
+    got = []
+    hooks = [a.o_proj.register_forward_pre_hook(lambda m, args: got.append(args[0].detach().clone()))
+             for a in ft.attention_modules(hf)]
+    with torch.no_grad():
+        hf(ids)
+    for h in hooks:
+        h.remove()
+    n = hf.config.num_attention_heads
+    return torch.stack([z.reshape(*z.shape[:-1], n, -1).movedim(-2, 0) for z in got])
+
+
+@pytest.mark.parametrize("policy", ft.GQA_POLICIES)
+@pytest.mark.parametrize("arch,overrides", GQA_ARCHS)
+def test_gqa_policy_moves_only_the_heads_it_reports(arch, overrides, policy):
+    hf = random_hf_model(arch, **overrides)
+    geom = ft.geometry(hf)
+    ids = torch.randint(0, 128, (2, 10))
+    before = head_outputs(hf, ids)
+    prep = ft.prepare("wh", hf, LAST, gqa_policy=policy)
+    torch.testing.assert_close(head_outputs(hf, ids), before, rtol=1e-6, atol=1e-6)  # zero deltas: exact
+    for p in prep.shft.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    after = head_outputs(hf, ids)
+    siblings = ft.affected_siblings(LAST, geom, policy)
+    assert prep.siblings == siblings
+    if policy == "shared":
+        assert siblings == [(1, 0), (1, 3)] and len(prep.siblings) == 2  # the siblings of the touched groups
+    else:
+        assert siblings == []
+    for l in range(geom.n_layers):
+        for h in range(geom.n_heads):
+            moved = (after[l, h] - before[l, h]).abs().max().item()
+            if (l, h) in LAST or (l, h) in siblings:
+                assert moved > 1e-3, (l, h)  # selected heads and, under shared, their siblings change
+            else:
+                assert moved < 1e-5, (l, h)  # every other head's attention output is untouched
+
+
+@pytest.mark.parametrize("policy", ft.GQA_POLICIES)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch,overrides", GQA_ARCHS + [("qwen2", dict(num_key_value_heads=4))])
+def test_zero_deltas_compute_the_original_model(arch, overrides, attn, policy):
+    hf = random_hf_model(arch, **overrides)
+    hf.set_attn_implementation(attn)
+    ids = torch.randint(0, 128, (2, 10))
+    with torch.no_grad():
+        ref, gen = hf(ids).logits, hf.generate(ids[:1], max_new_tokens=4, do_sample=False)
+    prep = ft.prepare("wh", hf, HEADS, gqa_policy=policy)
+    model = prep.finish(merge=True)  # ungrouped layers stay ungrouped (wider k/v_proj): the same function
+    mha = overrides["num_key_value_heads"] == 4
+    assert (model.model.layers[1].self_attn.num_key_value_groups == 1) is (policy == "ungrouped" or mha)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref, rtol=1e-6, atol=1e-6)
+        assert torch.equal(model.generate(ids[:1], max_new_tokens=4, do_sample=False), gen)  # K/V cache too
+
+
+def test_ungroup_layers_is_exact_and_updates_the_config_when_complete():
+    hf = random_hf_model("qwen2")
+    ids = torch.randint(0, 128, (2, 10))
+    ref = hf(ids).logits
+    assert ft.ungroup_layers(hf, [1]) == [1] and hf.config.num_key_value_heads == 2  # partial: config unchanged
+    assert hf.model.layers[1].self_attn.k_proj.weight.shape == (64, 64)
+    assert ft.ungroup_layers(hf, [1]) == []  # idempotent
+    assert ft.ungroup_layers(hf) == [0] and hf.config.num_key_value_heads == 4
+    torch.testing.assert_close(hf(ids).logits, ref, rtol=1e-6, atol=1e-6)
+    assert ft.geometry(hf).n_kv_heads == 4
+
+
+def test_ungrouped_budget_depends_on_m_only():
+    hf = random_hf_model("qwen2")  # group size 2
+    geom = ft.geometry(hf)
+    one_group, two_groups = [(1, 0), (1, 1)], [(0, 0), (1, 2)]
+    assert len(ft.kv_groups(one_group, geom)) == 1 and len(ft.kv_groups(two_groups, geom)) == 2
+    counts = {}
+    for hs in (one_group, two_groups):
+        model = random_hf_model("qwen2")
+        counts[tuple(hs)] = {p: ft.prepare("wh", copy.deepcopy(model), hs, gqa_policy=p).n_trainable
+                             for p in ft.GQA_POLICIES}
+    a, b = counts.values()
+    assert a["ungrouped"] == b["ungrouped"] == ft.shft_param_count(one_group, geom)
+    assert a["qo_only"] == b["qo_only"] and a["shared"] < b["shared"]  # shared: the budget follows the grouping
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ft.prepare("wh", random_hf_model("qwen2"), HEADS, gqa_policy="grouped"),
+    lambda: ft.apply_shft(random_hf_model("qwen2"), HEADS, gqa_policy="grouped"),
+    lambda: ft.shft_param_count(HEADS, ft.geometry(random_hf_model("qwen2")), gqa_policy="grouped"),
+    lambda: ft.affected_siblings(HEADS, ft.geometry(random_hf_model("qwen2")), "grouped"),
+    lambda: ft.run_regime("no-such-model", "wh", [], [], tr.TrainConfig(), Path("/nonexistent"), {}, HEADS,
+                          gqa_policy="grouped"),  # refused before any model loads
+])
+def test_bad_gqa_policy_raises_one_parameter_error(call):
+    from support.errors import ParameterError
+
+    with pytest.raises(ParameterError) as e:
+        call()
+    assert "gqa_policy 'grouped'" in str(e.value) and "valid choices: ungrouped, shared, qo_only" in str(e.value)
+
+
+@pytest.mark.parametrize("policy", ft.GQA_POLICIES)
+def test_load_run_rebuilds_each_policy(tmp_path, policy):
+    from support.artifacts import provenance, read_tensors
+    from support.models import load_model, load_plain, rebridge
+    from support.toydata import generate
+
+    lm = load_model("toy-qwen2")
+    heads_ = [(1, 0), (1, 1), (3, 3)]  # toy: 8 query heads in 4 kv-groups; (1, 0) and (1, 1) share a group
+    hf, tok = load_plain("toy-qwen2", dtype="float32")
+    prep = ft.prepare("wh", hf, heads_, gqa_policy=policy)
+    data = tr.build_dataset(generate("toy_mc4", 2, "train"), tok, 256, "organism")
+    params = {"regime": "wh", "heads": heads_, "train_seed": 0}
+    if policy == "shared":
+        params["gqa_policy"] = policy  # recorded (run_regime does); the others are told apart by their delta names
+    tr.train(hf, data, tr.TrainConfig(lr=1e-2, max_steps=2, grad_accum=1), out_dir=tmp_path,
+             prov=provenance(lm.identity(), "toy_mc4", None, params))
+    saved, prov = read_tensors(tmp_path / "final.safetensors")
+    assert ft.saved_policy(list(saved), prov["params"]) == policy
+    trained = prep.finish(merge=True)
+    back, _, _ = ft.load_run("toy-qwen2", tmp_path, lm.identity())
+    assert [n for n, _ in trained.named_parameters()] == [n for n, _ in back.named_parameters()]
+    for (n, p), (_, q) in zip(trained.named_parameters(), back.named_parameters()):
+        assert torch.equal(p, q), n
+    ids = tok("<|im_start|>user\nWhat is 3 + 4 ?", return_tensors="pt").input_ids
+    with torch.no_grad():  # the trained model runs through the TransformerBridge used for analysis
+        torch.testing.assert_close(rebridge(lm, back, "t").bridge(ids), back(ids).logits, rtol=1e-5, atol=1e-5)
+    if policy == "ungrouped":
+        full, _, _ = ft.load_run("toy-qwen2", tmp_path, lm.identity(), ungroup_all=True)
+        assert full.config.num_key_value_heads == 8
+        with torch.no_grad():
+            torch.testing.assert_close(full(ids).logits, back(ids).logits, rtol=1e-5, atol=1e-5)
+    other = "shared" if policy != "shared" else "ungrouped"
+    with pytest.raises(ValueError, match=f"trained with gqa_policy='{policy}', not '{other}'"):
+        ft.run_regime("toy-qwen2", "wh", [], [], tr.TrainConfig(), tmp_path, {}, heads_, gqa_policy=other)
+
+
+def test_saved_policy_of_runs_from_before_the_policy_is_shared():
+    assert ft.saved_policy(["shft.layers.1.q", "shft.layers.1.k", "shft.layers.1.o"]) == "shared"
+    assert ft.saved_policy(["shft.layers.1.q", "shft.layers.1.k_head"]) == "ungrouped"
+    assert ft.saved_policy(["shft.layers.1.q", "shft.layers.1.o"]) == "qo_only"
+    assert ft.saved_policy(["shft.layers.1.k"], {"gqa_policy": "ungrouped"}) == "ungrouped"
 
 
 # ----------------------------------------------------------------------------------------------- LoRA, regimes
