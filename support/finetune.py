@@ -23,6 +23,11 @@ embeddings, unembedding and every other slice stay at their pre-trained values.
     query heads of those groups (`affected_siblings`) change too, and the count depends on how many groups G a
     head set touches, so equal-size head sets can differ in trainable parameters.
   - ``"qo_only"``: only the Q rows and O columns of the selected heads train; K and V stay frozen.
+* **Precision.** Every regime trains fp32 master weights (`MASTER_DTYPE`: the HF weights full SFT updates, the
+  LoRA adapters, the SHFT deltas) under one autocast for all (`TrainConfig.precision`: bf16 where supported, fp16
+  with loss scaling on other GPUs, none on CPU). Updating bf16 weights directly rounds small steps away (measured:
+  one AdamW step at lr 5e-5 left 44.8% of full-SFT weights unchanged) and would favour the fp32 SHFT deltas; merged
+  deltas for analysis land in fp32 weights too.
 * **Biases.** Qwen2 has q/k/v biases (o_proj has none). With ``include_bias=True`` (default) the bias entries of
   the trained Q and K/V rows train too; ``include_bias=False`` trains weights only.
 * **Exact count** (`shft_param_count`), d = hidden size, d_head = head dim, M = |H|, G = number of distinct
@@ -69,6 +74,8 @@ HEAD_REGIMES = ("wh", "sh", "random")
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 #: How SHFT treats K/V rows shared by several query heads under GQA (module docstring).
 GQA_POLICIES = ("ungrouped", "shared", "qo_only")
+#: Weights of every regime while training and when deltas are merged (module docstring, Precision).
+MASTER_DTYPE = "float32"
 #: Names of the K/V deltas per policy; ``shared`` keeps the names runs had before the policy existed.
 KV_NAMES = {"ungrouped": ("k_head", "v_head"), "shared": ("k", "v"), "qo_only": ()}
 
@@ -445,7 +452,7 @@ def run_name(regime: str, heads: Sequence[Head], train_seed: int, tag: str = "")
 
 def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_items: Sequence[Any], cfg: Any,
                out: Path, prov: Mapping[str, Any], heads: Sequence[Any] | None = None, *,
-               train_dtype: str = "float32", template: str = "model", max_new_tokens: int = 256,
+               template: str = "model", max_new_tokens: int = 256,
                lora_r: int = 8, lora_alpha: int = 16, ppl_texts: Sequence[str] | None = None,
                keep: bool = False, eval_batch_size: int = 64, gqa_policy: str = "ungrouped"
                ) -> tuple[dict, nn.Module | None]:
@@ -467,7 +474,7 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     head_regime = regime in HEAD_REGIMES
     if head_regime:
         _check_saved_policy(out, gqa_policy)
-    hf, tok = load_plain(model_name, dtype=train_dtype)
+    hf, tok = load_plain(model_name, dtype=MASTER_DTYPE)  # every regime: fp32 masters, cfg.precision's autocast
     torch.manual_seed(cfg.seed)  # LoRA's A initialisation
     prep = prepare(regime, hf, heads, lora_r=lora_r, lora_alpha=lora_alpha, gqa_policy=gqa_policy)
     policy = {"gqa_policy": gqa_policy} if head_regime else {}
@@ -484,7 +491,7 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     row = {"regime": REGIME_LABELS[regime], "key": regime, "seed": cfg.seed, "M": len(prep.heads) or None,
            "trainable": n_trainable, "gqa policy": prep.gqa_policy, "siblings trained": len(prep.siblings),
            "acc": ev["acc"], "rec": ev["rec"], "f1": ev["f1"], "invalid": ev["n_invalid"],
-           "final loss": res.final_loss, "train s": round(res.seconds, 1)}
+           "precision": cfg.precision, "final loss": res.final_loss, "train s": round(res.seconds, 1)}
     if ppl_texts is not None:
         row["ppl"] = perplexity(model, tok, ppl_texts, cfg.max_length)
     if not keep:

@@ -522,3 +522,23 @@ def test_next_token_logits_of_a_padded_batch_equal_one_prompt_at_a_time():
     with torch.no_grad():
         alone = torch.stack([model(tok(p, return_tensors="pt").input_ids).logits[0, -1].float() for p in prompts])
     assert batched.shape == alone.shape and torch.allclose(batched, alone, atol=1e-4)
+
+
+def test_fp32_masters_keep_the_small_updates_that_bf16_weights_round_away():
+    """Precision policy (every regime trains fp32 masters, `ft.MASTER_DTYPE`, under one autocast): one full-SFT AdamW
+    step at lr 5e-5 under bf16 autocast moves essentially every layer weight of fp32 masters, while the same step
+    on bf16 weights leaves most of them unchanged (rounded away)."""
+    from support.models import load_plain
+    from support.toydata import generate
+
+    items = generate("toy_mc4", 2, "train")
+    share = {}
+    for dtype in (ft.MASTER_DTYPE, "bfloat16"):
+        hf, tok = load_plain("toy-qwen2", dtype=dtype)
+        ft.prepare("full", hf)
+        before = {n: p.detach().clone() for n, p in hf.named_parameters() if ".layers." in n}
+        tr.train(hf, tr.build_dataset(items, tok, 256, "organism"),
+                 tr.TrainConfig(lr=5e-5, max_steps=1, grad_accum=1, warmup_ratio=0.0, precision="bf16"))
+        moved = sum(int((p.detach() != before[n]).sum()) for n, p in hf.named_parameters() if n in before)
+        share[dtype] = moved / sum(v.numel() for v in before.values())
+    assert share[ft.MASTER_DTYPE] > 0.95 and share["bfloat16"] < 0.5, share
