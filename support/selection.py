@@ -8,9 +8,14 @@ Pipeline, per probe example x with raw entropy H[t, l, h] (from support.tracing)
    Wavering (high entropy) flips the inequalities: H~ > tau_high, share >= alpha, run >= c, mean H~ >= mu_high.
    The paper gives no numbers for the wavering side; our defaults mirror the steadfast ones around 1/2
    (tau_high = 1 - 0.05, mu_high = 1 - 0.25, same alpha and c) and are parameters (`Criteria`).
-3. Selection frequency F (Eq. 16) and mean time-averaged entropy m-bar (Eq. 17), the latter on the ORIGINAL
-   (unnormalised) entropy. Rank by F descending, ties broken by m-bar (ascending for steadfast, descending for
-   wavering), then by (layer, head) for determinism. Keep the top M (M = 30 in the paper).
+3. Selection frequency F (Eq. 16) and mean time-averaged entropy m-bar (Eq. 17). Rank by F descending, ties
+   broken by m-bar (ascending for steadfast, descending for wavering), then by (layer, head) for determinism. Keep
+   the top M (M = 30 in the paper). **The paper reads two ways here** (`TIE_BREAKS`, `Criteria.tie_break`):
+   Sec. 3.3 breaks ties with "the global time-averaged entropy H-bar" (the ORIGINAL, unnormalised entropy: our
+   default ``"raw"``), while Eq. 17 literally averages Eq. 14's m, the mean of the NORMALISED entropy
+   (``"normalised"``). Per-example normalisation rescales every example differently, so the two orders can differ;
+   because the candidate criteria rarely fire on small models, many heads tie at F = 0 and this choice then decides
+   the sets. `candidate_warning` says when fewer than M heads were candidates at all.
 
 Statistics: split-half stability (Sec. 3.3, Fig. 3), candidate-frequency distribution (App. C, Fig. 6), probe-size
 sensitivity (App. H.4, Table 8) and cross-task overlap of wavering sets (App. H.1, Table 3).
@@ -28,6 +33,8 @@ import numpy as np
 from .heads import Head, HeadSet, check_budget, head_set_path, random_heads, write_head_set
 
 KINDS = ("steadfast", "wavering")
+#: Readings of the m-bar tie-break (module docstring, step 3): Sec. 3.3's raw entropy or Eq. 17's normalised m.
+TIE_BREAKS = ("raw", "normalised")
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,13 @@ class Criteria:
     alpha: float  # minimal share of steps past the threshold (Eq. 13)
     c: int  # minimal longest run of consecutive steps past the threshold
     mu: float  # bound on the mean normalised entropy (Eq. 14): <= mu (steadfast), >= mu (wavering)
+    tie_break: str = "raw"  # m-bar of Eq. 17 on the raw entropy (Sec. 3.3) or on the normalised one (`TIE_BREAKS`)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown head kind {self.kind!r}; valid choices: {', '.join(KINDS)}")
+        if self.tie_break not in TIE_BREAKS:
+            raise ValueError(f"unknown tie_break {self.tie_break!r}; valid choices: {', '.join(TIE_BREAKS)}")
         for name in ("tau", "alpha", "mu"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
@@ -130,9 +140,10 @@ class Ranking:
 
     kind: str
     F: np.ndarray  # [L, H]
-    mbar: np.ndarray  # [L, H], on the original entropy
+    mbar: np.ndarray  # [L, H], on the original entropy (tie_break "raw") or the normalised one
     S: np.ndarray  # [N, L, H] bool candidates
     order: list[Head]  # all heads, best first
+    tie_break: str = "raw"
 
     def top(self, M: int = 30) -> list[Head]:
         """The top-M heads; ValueError if M is not in 1..L*H."""
@@ -146,14 +157,28 @@ def rank_heads(entropies: Sequence, crit: Criteria) -> Ranking:
     stats = [example_stats(a, crit) for a in arrs]
     S = np.stack([s.candidate for s in stats])
     F = S.mean(0)
-    mbar = np.stack([s.m_raw for s in stats]).mean(0)
+    mbar = np.stack([s.m_raw if crit.tie_break == "raw" else s.m for s in stats]).mean(0)
     L, H = F.shape
     ll, hh = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
     sign = 1.0 if crit.kind == "steadfast" else -1.0
     # np.lexsort: last key is primary -> F desc, then m-bar (asc/desc), then layer, then head.
     idx = np.lexsort((hh.ravel(), ll.ravel(), sign * mbar.ravel(), -F.ravel()))
     order = [(int(i // H), int(i % H)) for i in idx]
-    return Ranking(kind=crit.kind, F=F, mbar=mbar, S=S, order=order)
+    return Ranking(kind=crit.kind, F=F, mbar=mbar, S=S, order=order, tie_break=crit.tie_break)
+
+
+def candidate_warning(ranking: Ranking, M: int) -> str | None:
+    """A warning when fewer than `M` heads were candidates on any probe example (F > 0): the rest of the top M is
+    then chosen by the m-bar tie-break alone. Includes the distribution of F. None when M heads have F > 0."""
+    F = ranking.F.ravel()
+    n = int((F > 0).sum())
+    if n >= M:
+        return None
+    levels, counts = np.unique(np.round(F, 3), return_counts=True)
+    dist = ", ".join(f"F={v:g}: {c}" for v, c in zip(levels[::-1], counts[::-1]))
+    return (f"only {n} of {F.size} heads were {ranking.kind} candidates on any probe example, fewer than M = {M}: "
+            f"the other {M - n} are picked by the m-bar tie-break alone (tie_break '{ranking.tie_break}'). "
+            f"Distribution of F: {dist}")
 
 
 # ----------------------------------------------------------------------------------------------- head sets

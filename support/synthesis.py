@@ -122,7 +122,8 @@ def entropy_scores(run_dir: Path | str, selected: HeadSet, expect_model: Mapping
     traces = load_traces(trace_dir(run_dir, prov["dataset"], norm), ids=prov["example_ids"],
                          expect_model=expect_model)
     H = [t.entropy for t in traces]
-    rk = {k: rank_heads(H, Criteria(**{f: crit[k][f] for f in ("kind", "tau", "alpha", "c", "mu")}))
+    fields = ("kind", "tau", "alpha", "c", "mu", "tie_break")
+    rk = {k: rank_heads(H, Criteria(**{f: crit[k][f] for f in fields if f in crit[k]}))
           for k in ("wavering", "steadfast")}
     mbar = rk["wavering"].mbar
     L, Hh = mbar.shape

@@ -79,6 +79,11 @@ def test_frequency_first_ranking_and_tie_breaks():
     assert rk.F[0, 0] == rk.F[0, 1] == 1.0
     assert rk.mbar[0, 1] < rk.mbar[0, 0]
     assert rk.order[:2] == [(0, 1), (0, 0)]  # Q before P: original-entropy tie-break, not the normalised one
+    eq17 = S.rank_heads([x1, x2], S.Criteria("steadfast", tau=0.05, alpha=0.6, c=10, mu=0.25, tie_break="normalised"))
+    assert eq17.mbar[0, 0] == pytest.approx(0.01) and eq17.mbar[0, 1] == pytest.approx(0.015)
+    assert eq17.order[:2] == [(0, 0), (0, 1)] and eq17.tie_break == "normalised"  # Eq. 17 read literally: P first
+    with pytest.raises(ValueError, match="valid choices: raw, normalised"):
+        S.Criteria("steadfast", tau=0.05, alpha=0.6, c=10, mu=0.25, tie_break="eq17")
 
     # wavering: C=(0,0) at 1.0 and D=(0,1) at 0.97 in both examples -> F equal, C has higher m-bar
     y = np.full((T, 1, 3), 0.2)
@@ -95,6 +100,14 @@ def test_frequency_first_ranking_and_tie_breaks():
     z2[0, 0, 0] = 1.0
     rkz = S.rank_heads([z1, z2], S.Criteria("steadfast", tau=0.05, alpha=0.6, c=10, mu=0.25))
     assert rkz.F.tolist() == [[1.0, 0.5]] and rkz.order == [(0, 0), (0, 1)]
+
+
+def test_candidate_warning_when_fewer_than_m_heads_are_candidates():
+    rk = S.rank_heads([example_one()], S.STEADFAST)  # steadfast candidates: (0, 0) and (0, 2)
+    assert S.candidate_warning(rk, 2) is None
+    w = S.candidate_warning(rk, 5)
+    assert "only 2 of 8 heads" in w and "the other 3 are picked by the m-bar tie-break" in w
+    assert "F=1: 2, F=0: 6" in w
 
 
 def test_head_sets_budget_and_errors(tmp_path):
