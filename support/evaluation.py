@@ -56,16 +56,21 @@ def next_token_logits(model: nn.Module, tokenizer, prompts: Sequence[str], batch
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int = 1024, batch_size: int = 8,
-               progress: bool = False) -> float:
-    """Token-level perplexity exp(Σ NLL / Σ tokens) over texts, each cut into non-overlapping windows (Table 2)."""
+def perplexity(model: nn.Module, tokenizer, texts: Sequence[str | SFTExample], max_length: int = 1024,
+               batch_size: int = 8, progress: bool = False) -> float:
+    """Token-level perplexity exp(Σ NLL / Σ tokens) (Table 2). Texts (general text such as WikiText) are cut into
+    non-overlapping windows and every token counts; `SFTExample`s (`training.build_dataset`: prompt labels -100)
+    count their response tokens only, the forgetting measure for tasks whose prompts are random by construction."""
     model.eval()
     dev = next(model.parameters()).device
-    windows = [ids[i:i + max_length] for t in texts for ids in [tokenizer(t).input_ids]
-               for i in range(0, len(ids), max_length) if len(ids[i:i + max_length]) > 1]
+    if texts and isinstance(texts[0], SFTExample):
+        examples = list(texts)
+    else:
+        examples = [SFTExample("", tuple(w), tuple(w)) for t in texts for ids in [tokenizer(t).input_ids]
+                    for i in range(0, len(ids), max_length) for w in [ids[i:i + max_length]] if len(w) > 1]
     nll, count = 0.0, 0
-    for i in tqdm(range(0, len(windows), batch_size), disable=not progress, desc="ppl", leave=False):
-        chunk = [SFTExample("", tuple(w), tuple(w)) for w in windows[i:i + batch_size]]
+    for i in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="ppl", leave=False):
+        chunk = examples[i:i + batch_size]
         b = collate(chunk, tokenizer.pad_token_id or 0, dev)
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
         labels = b["labels"][:, 1:]

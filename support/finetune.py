@@ -453,7 +453,7 @@ def run_name(regime: str, heads: Sequence[Head], train_seed: int, tag: str = "")
 def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_items: Sequence[Any], cfg: Any,
                out: Path, prov: Mapping[str, Any], heads: Sequence[Any] | None = None, *,
                template: str = "model", max_new_tokens: int = 256,
-               lora_r: int = 8, lora_alpha: int = 16, ppl_texts: Sequence[str] | None = None,
+               lora_r: int = 8, lora_alpha: int = 16, ppl_texts: Sequence[Any] | None = None,
                keep: bool = False, eval_batch_size: int = 64, gqa_policy: str = "ungrouped"
                ) -> tuple[dict, nn.Module | None]:
     """Train one regime from a fresh copy of the model, save what it trained, evaluate it: (result row, model).
@@ -461,7 +461,8 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     A finished run in `out` is reloaded instead of retrained (`support.training.train`). The row holds accuracy,
     macro recall and F1, invalid answers, trainable parameters, the GQA policy of head regimes and how many
     unselected heads train with them (``shared``: `affected_siblings`), the final loss and, with `ppl_texts`,
-    perplexity. The policy is saved in the provenance, so `load_run` rebuilds the same model.
+    perplexity (`evaluation.perplexity`: texts, or prompt-masked examples). The policy is saved in the provenance,
+    so `load_run` rebuilds the same model.
     `keep=True` returns the model too, with SHFT deltas merged (tracing reads W_O from the weights).
     """
     from .artifacts import write_tensors

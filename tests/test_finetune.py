@@ -542,3 +542,29 @@ def test_fp32_masters_keep_the_small_updates_that_bf16_weights_round_away():
         moved = sum(int((p.detach() != before[n]).sum()) for n, p in hf.named_parameters() if n in before)
         share[dtype] = moved / sum(v.numel() for v in before.values())
     assert share[ft.MASTER_DTYPE] > 0.95 and share["bfloat16"] < 0.5, share
+
+
+def test_perplexity_of_prompt_masked_examples_counts_the_response_only():
+    """Forgetting on the organism (Table 2): perplexity over the responses, prompts masked, equals exp of the mean
+    response-token NLL computed by hand; whole texts count every token."""
+    import math
+
+    import torch.nn.functional as F
+
+    from support.models import load_plain
+    from support.toydata import generate
+
+    model, tok = load_plain("toy-qwen2")
+    items = generate("toy_countdown", 3, "test", seed=7)
+    examples = tr.build_dataset(items, tok, 1024, "organism")
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for e in examples:
+            logits = model(torch.tensor([e.input_ids])).logits[0, :-1].float()
+            labels = torch.tensor(e.labels[1:])
+            keep = labels != -100
+            nll += float(F.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+            n += int(keep.sum())
+    assert n < sum(len(e.input_ids) - 1 for e in examples)  # the prompts are left out
+    assert ev.perplexity(model, tok, examples, batch_size=2) == pytest.approx(math.exp(nll / n), rel=1e-4)
+    assert ev.perplexity(model, tok, [it.text for it in items]) != pytest.approx(math.exp(nll / n), rel=1e-2)
