@@ -4,6 +4,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 PROFILE ?= ci
+RUN_DIR ?= runs/$(PROFILE)
 # On CPU machines torch is installed first from this pin (a local CPU wheel exists; an unpinned torch would pull
 # gigabytes of CUDA wheels). pyproject.toml's range (torch>=2.6) is then already satisfied.
 TORCH_CPU ?= torch==2.13.0
@@ -27,9 +28,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 chapters: install
-	$(BIN)/python -m support.run --profile $(PROFILE)
+	$(BIN)/python -m support.run --profile $(PROFILE) --run-dir $(RUN_DIR)
 
+# The "Results at a glance" page is generated from the run directory's summary tables before every build.
 html: install
+	$(BIN)/python -m support.book glance --run-dir $(RUN_DIR)
 	$(BIN)/jupyter-book build . --path-output book --warningiserror --keep-going --quiet
 
 book: chapters html

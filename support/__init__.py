@@ -11,4 +11,4 @@ __all__ = ["errors", "artifacts", "prompts", "scoring", "papers",
            "models", "decoding", "readout", "training",
            "tracing", "selection", "finetune", "evaluation", "organism", "rhythm", "rl", "circuits", "interventions",
            "ablations", "synthesis",
-           "plots", "params", "chapter", "run"]
+           "plots", "params", "chapter", "run", "book"]

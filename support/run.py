@@ -1,9 +1,10 @@
 """The chapter runner: `python -m support.run --profile ci [--chapters ...] [-p name value ...]`.
 
 Executes chapter notebooks with papermill under a named profile (profiles.yaml), writes executed copies into
-`book/chapters/` and artifacts into the run directory, prints a per-chapter runtime table, and fails loudly:
-a failing chapter is named with its failing cell, its partial notebook is kept, the other chapters still run and
-are reported, and the exit code is non-zero. Unknown profiles, chapters or parameters fail before anything runs.
+`book/chapters/` (tidied for the book by `support.book.tidy_executed`) and artifacts into the run directory, prints
+a per-chapter runtime table, and fails loudly: a failing chapter is named with its failing cell, its partial
+notebook is kept, the other chapters still run and are reported, and the exit code is non-zero. Unknown profiles,
+chapters or parameters fail before anything runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import book
 from .artifacts import PROJECT_ROOT
 from .params import SCHEMA, ParameterError, check_names, profiles
 
@@ -106,6 +108,7 @@ def execute(chapter: str, params: dict[str, Any], out_dir: Path = OUT_DIR) -> Ou
             str(NOTEBOOKS / f"{chapter}.ipynb"), str(out_dir / f"{chapter}.ipynb"), parameters=params,
             cwd=str(PROJECT_ROOT), progress_bar=False, log_output=False, kernel_name="python3",
         )
+        book.tidy_executed(out_dir / f"{chapter}.ipynb")  # parameters shown once, plumbing collapsed (book.py)
         return Outcome(chapter, True, time.time() - t0)
     except Exception as e:  # PapermillExecutionError carries the failing cell
         cell = getattr(e, "exec_count", None)

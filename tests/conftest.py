@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -42,3 +48,41 @@ def save_tiny(tmp_path, arch: str):
 def tiny_dir(tmp_path):
     """Factory: `tiny_dir(arch)` saves a tiny random model of `arch` as a local model directory."""
     return lambda arch: save_tiny(tmp_path, arch)
+
+
+@pytest.fixture(scope="session")
+def executed(tmp_path_factory):
+    """Execute every chapter once per session under the ci profile, into book/chapters (what the book build reads);
+    returns the run directory."""
+    rd = tmp_path_factory.mktemp("run")
+    res = subprocess.run([sys.executable, "-m", "support.run", "--profile", "ci", "--run-dir", str(rd)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return rd
+
+
+@dataclass
+class Book:
+    html: Path  # the built HTML book (index.html, book/chapters/*.html, ...)
+    returncode: int
+    log: str
+
+
+@pytest.fixture(scope="session")
+def built_book(request, tmp_path_factory) -> Book:
+    """The HTML book, built once per session (`make html`'s steps) from the chapters that `executed` ran: the
+    "Results at a glance" page from its run directory, then jupyter-book with warnings as errors.
+    With RH_BOOK_HTML=<folder> set, that already built book is used instead (nothing is executed or built)."""
+    if os.environ.get("RH_BOOK_HTML"):
+        return Book(Path(os.environ["RH_BOOK_HTML"]).resolve(), 0, "given by RH_BOOK_HTML")
+    from support import book
+
+    run_dir = request.getfixturevalue("executed")
+    book.write_glance(run_dir)
+    out = tmp_path_factory.mktemp("book")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output",
+                          str(out), "--warningiserror", "--keep-going", "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    return Book(out / "_build" / "html", res.returncode, res.stdout[-3000:] + res.stderr[-3000:])

@@ -22,7 +22,7 @@ LAYERS = [
      "interventions"},  # methods
     {"ablations", "synthesis"},  # analyses across methods (chapter 06)
     {"plots", "params"},  # what chapters use to present and configure
-    {"chapter", "run"},  # the chapter helper and the runner
+    {"chapter", "run", "book"},  # the chapter helper, the runner and the book's publishing helpers
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 

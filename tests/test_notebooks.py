@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,17 +37,6 @@ def test_source_is_output_free_and_follows_the_chapter_shape(path):
     assert "sys.path" not in "\n".join(c.source for c in code)
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    """Execute every chapter once under the ci profile, into book/chapters (what the book build reads)."""
-    rd = tmp_path_factory.mktemp("run")
-    res = subprocess.run([sys.executable, "-m", "support.run", "--profile", "ci", "--run-dir", str(rd)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    print(res.stdout)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return rd
-
-
 @pytest.mark.slow
 def test_every_chapter_executes_cleanly(executed):
     for ch in run.chapters():
@@ -73,15 +61,11 @@ def test_artifacts_carry_provenance(executed):
 
 
 @pytest.mark.slow
-def test_book_builds_offline_with_warnings_as_errors(executed, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    res = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output",
-                          str(tmp_path), "--warningiserror", "--keep-going", "--quiet"],
-                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    html = tmp_path / "_build" / "html"
+def test_book_builds_offline_with_warnings_as_errors(built_book):
+    """The build itself happens once per session (tests/conftest.py: `built_book`, shared with tests/test_book.py)."""
+    assert built_book.returncode == 0, built_book.log
     for ch in run.chapters():
-        page = (html / "book" / "chapters" / f"{ch}.html").read_text()
+        page = (built_book.html / "book" / "chapters" / f"{ch}.html").read_text()
         assert "colab-badge.svg" in page
 
 
