@@ -28,6 +28,7 @@ KNOWN_HUB_MODELS = (
     "Qwen/Qwen2.5-0.5B",
     "Qwen/Qwen2.5-1.5B-Instruct",
     "Qwen/Qwen2.5-Math-1.5B",
+    "Qwen/Qwen2.5-Math-1.5B-Instruct",
     "Qwen/Qwen3-0.6B",
     "Qwen/Qwen3-8B",
     "Qwen/Qwen3-8B-Base",
