@@ -85,29 +85,39 @@ def lookup_pairs(seeds: Sequence[int], n: int, think: bool = False) -> PairSet:
     return PairSet(clean, corrupted, answers, ids)
 
 
-def check_pair(index: int, think: bool = True) -> tuple[str, str, tuple[str, str], str]:
-    """(clean, corrupted, (result, "not"), id) from the `index`-th held-out `toy_mc4` item (test split, seed 0).
-
-    `think=False` asks the same question with the `/no_think` flag but keeps the teacher-forced chain of thought,
-    so the pair differs from the think-on one only in the mode flag."""
-    from .toydata import generate
-
-    it = generate("toy_mc4", index + 1, split="test", seed=0, mode="think")[index]
+def _check_pair(it: Any, index: int, think: bool) -> tuple[str, str, tuple[str, str], str]:
     result, hit_letter = it.options[ord(it.answer) - ord("A")], it.answer
     line = f"\n{result} ({hit_letter}) is"
-    text = it.text
-    cut = text.index(line) + len(line)
+    cut = it.text.index(line) + len(line)
     other = next(o for o in it.options if o != result)
-    clean = text[:cut]
+    clean = it.text[:cut]
     corrupted = clean[: cut - len(line)] + f"\n{other} ({hit_letter}) is"
     if not think:
         clean, corrupted = (x.replace(" /think<|im_end|>", " /no_think<|im_end|>", 1) for x in (clean, corrupted))
     return clean, corrupted, (result, "not"), f"toy_check/{index}"
 
 
+def check_pair(index: int, think: bool = True) -> tuple[str, str, tuple[str, str], str]:
+    """(clean, corrupted, (result, "not"), id) from the `index`-th held-out `toy_mc4` item (test split, seed 0).
+
+    `think=False` asks the same question with the `/no_think` flag but keeps the teacher-forced chain of thought,
+    so the pair differs from the think-on one only in the mode flag."""
+    return _check_items([index], think)[0]
+
+
+def _check_items(indices: Sequence[int], think: bool) -> list[tuple[str, str, tuple[str, str], str]]:
+    from .toydata import generate
+
+    idx = [int(i) for i in indices]
+    if any(i < 0 for i in idx):
+        raise ParameterError(f"check-pair indices must be >= 0, got {min(idx)}")
+    items = generate("toy_mc4", max(idx) + 1, split="test", seed=0, mode="think") if idx else []
+    return [_check_pair(items[i], i, think) for i in idx]
+
+
 def check_pairs(indices: Sequence[int], think: bool = True) -> PairSet:
     """The option-check pairs of the held-out `toy_mc4` items at `indices` (see `check_pair`)."""
-    clean, corrupted, answers, ids = map(list, zip(*(check_pair(int(i), think) for i in indices)))
+    clean, corrupted, answers, ids = map(list, zip(*_check_items(indices, think)))
     return PairSet(clean, corrupted, answers, ids)
 
 
@@ -124,12 +134,8 @@ def pairs_from_ids(ids: Sequence[str], think: bool | None = None) -> PairSet:
         if head not in TOY_SOURCES or not tail.isdigit():
             raise ParameterError(f"not an organism pair id: {x!r}; valid spellings: {', '.join(TOY_SOURCES.values())}")
         parsed.append((head, int(tail)))
-    out = []
-    for head, k in parsed:
-        if head == "toy_check":
-            out.append(check_pair(k, True if think is None else think))
-        else:
-            out.append(lookup_pair(k, bool(think)))
+    checks = iter(_check_items([k for h, k in parsed if h == "toy_check"], True if think is None else think))
+    out = [next(checks) if h == "toy_check" else lookup_pair(k, bool(think)) for h, k in parsed]
     if missing := [i for i, p in zip(ids, out) if p is None]:
         raise ParameterError(f"no pair for {missing}: these lookup items have no option of the same length")
     clean, corrupted, answers, got = map(list, zip(*out))
