@@ -870,23 +870,14 @@ def ungroup_kv(hf_model):
 
     Same logits; its bridge has H key and value receivers per layer instead of G, and the score of a grouped K/V
     edge equals the sum of the ungrouped scores over the group's query heads (tested). Pass the plain HF model
-    before it is bridged (booting a TransformerBridge rewraps the model's modules in place)."""
-    from transformers import AutoModelForCausalLM
+    before it is bridged (booting a TransformerBridge rewraps the model's modules in place). A copy of `hf_model`
+    ungrouped by `support.finetune.ungroup_layers`, the rewrite SHFT's ``ungrouped`` policy applies per layer."""
+    from .finetune import ungroup_layers
 
     if any("_original_component" in k for k in hf_model.state_dict()):
         raise ParameterError("ungroup_kv needs the plain HF model; this one is already wrapped by a "
                              "TransformerBridge (load or build it again, ungroup, then bridge the result)")
-    cfg = copy.deepcopy(hf_model.config)
-    H, G = int(cfg.num_attention_heads), int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-    rep = H // G
-    cfg.num_key_value_heads = H
-    state = {}
-    for k, v in hf_model.state_dict().items():
-        if any(f"self_attn.{p}_proj." in k for p in ("k", "v")) and rep > 1:
-            v = v.reshape(G, -1, *v.shape[1:]).repeat_interleave(rep, 0).reshape(-1, *v.shape[1:])
-        state[k] = v
-    p = next(hf_model.parameters())
-    out = AutoModelForCausalLM.from_config(cfg, attn_implementation=hf_model.config._attn_implementation,
-                                           dtype=p.dtype)
-    out.load_state_dict(state)
-    return out.to(p.device).eval()
+    out = copy.deepcopy(hf_model)
+    ungroup_layers(out)
+    out.config.num_key_value_heads = out.config.num_attention_heads  # also when it was not grouped at all
+    return out.eval()

@@ -373,8 +373,16 @@ class Prepared:
     model: nn.Module
     heads: list[Head] = field(default_factory=list)
     shft: SHFT | None = None
-    gqa_policy: str | None = None  # head regimes only
-    siblings: list[Head] = field(default_factory=list)  # unselected heads that train too (``shared`` policy)
+
+    @property
+    def gqa_policy(self) -> str | None:
+        """The GQA policy of a head regime (None otherwise)."""
+        return self.shft.gqa_policy if self.shft is not None else None
+
+    @property
+    def siblings(self) -> list[Head]:
+        """Unselected heads that train too (``shared`` policy: `affected_siblings`)."""
+        return self.shft.siblings if self.shft is not None else []
 
     @property
     def n_trainable(self) -> int:
@@ -414,7 +422,7 @@ def prepare(regime: str, model: nn.Module, heads: Sequence[Any] | None = None, i
         if heads is None:
             raise ValueError(f"regime {regime!r} needs a head set; head regimes: {', '.join(HEAD_REGIMES)}")
         shft = apply_shft(model, heads, include_bias, gqa_policy=gqa_policy)
-        return Prepared(regime, model, shft.heads, shft, gqa_policy, shft.siblings)
+        return Prepared(regime, model, shft.heads, shft)
     if regime == "lora":
         return Prepared(regime, apply_lora(model, lora_r, lora_alpha))
     for p in model.parameters():
