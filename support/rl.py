@@ -703,7 +703,8 @@ def stored_runs(model_name: str, root: str | Path | None = None) -> dict[str, di
 
 def run_summary(runs: Mapping[str, dict]):
     """One tidy row per stored run: its settings, the training reward over the first and last fifth of the steps,
-    the share of completions cut at the length cap, and held-out accuracy before and after."""
+    the share of completions cut at the length cap, held-out accuracy before and after, and √2·SE, the binomial
+    standard error of a difference of two sampled accuracies over the held-out items (a lift counts beyond it)."""
     import pandas as pd
 
     from .artifacts import PROVENANCE_KEY
@@ -725,6 +726,7 @@ def run_summary(runs: Mapping[str, dict]):
                      "greedy before": round(ev[0]["greedy"], 3), "greedy after": round(ev[-1]["greedy"], 3),
                      "sampled before": round(ev[0]["sampled"], 3), "sampled after": round(ev[-1]["sampled"], 3),
                      "eval samples per item": params.get("eval_samples"), "held-out items": params.get("n_eval"),
+                     "√2·SE": float(np.sqrt(2 * ev[0]["sampled"] * (1 - ev[0]["sampled"]) / params["n_eval"])),
                      "code": body[PROVENANCE_KEY].get("git_commit")})
     return pd.DataFrame(rows)
 

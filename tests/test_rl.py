@@ -389,10 +389,12 @@ def test_stored_runs_are_filtered_by_model_and_summarised(tmp_path):
     evals = [{"step": 0, "greedy": 0.5, "sampled": 0.25}, {"step": 10, "greedy": 0.625, "sampled": 0.5}]
     for name, model in (("a", "toy-qwen2"), ("b", "other")):
         write_json(tmp_path / name / "run.json", {"seed": 1, "history": log + [{"train_runtime": 3.0}], "evals": evals},
-                   provenance({"name": model}, "toy_countdown", ["x"], {"temperature": 0.7, "loss_type": "grpo"}))
+                   provenance({"name": model}, "toy_countdown", ["x"], {"temperature": 0.7, "loss_type": "grpo",
+                                                                           "n_eval": 8}))
     runs = stored_runs("toy-qwen2", tmp_path)
     assert list(runs) == ["a"] and stored_runs("toy-qwen2", tmp_path / "none") == {}
     row = run_summary(runs).iloc[0]
     assert row["steps"] == 10 and row["temperature"] == 0.7 and row["seed"] == 1
     assert row["reward, first fifth"] == 0.15 and row["reward, last fifth"] == 0.95
     assert row["clipped, last fifth"] == 0.025 and (row["sampled before"], row["sampled after"]) == (0.25, 0.5)
+    assert row["√2·SE"] == pytest.approx((2 * 0.25 * 0.75 / 8) ** 0.5)
