@@ -462,15 +462,16 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
                out: Path, prov: Mapping[str, Any], heads: Sequence[Any] | None = None, *,
                template: str = "model", max_new_tokens: int = 256,
                lora_r: int = 8, lora_alpha: int = 16, ppl_texts: Sequence[Any] | None = None,
-               keep: bool = False, eval_batch_size: int = 64, gqa_policy: str = "ungrouped"
-               ) -> tuple[dict, nn.Module | None]:
+               keep: bool = False, eval_batch_size: int = 64, gqa_policy: str = "ungrouped",
+               val_items: Sequence[Any] | None = None) -> tuple[dict, nn.Module | None]:
     """Train one regime from a fresh copy of the model, save what it trained, evaluate it: (result row, model).
 
     A finished run in `out` is reloaded instead of retrained (`support.training.train`). The row holds accuracy,
     macro recall and F1, invalid answers, trainable parameters, the GQA policy of head regimes and how many
-    unselected heads train with them (``shared``: `affected_siblings`), the final loss and, with `ppl_texts`,
-    perplexity (`evaluation.perplexity`: texts, or prompt-masked examples). The policy is saved in the provenance,
-    so `load_run` rebuilds the same model.
+    unselected heads train with them (``shared``: `affected_siblings`), the final loss, the step whose state was
+    kept (with `val_items` and `cfg.eval_every`: the lowest validation loss, App. E; else the last) and, with
+    `ppl_texts`, perplexity (`evaluation.perplexity`: texts, or prompt-masked examples). The policy is saved in the
+    provenance, so `load_run` rebuilds the same model.
     `keep=True` returns the model too, with SHFT deltas merged (tracing reads W_O from the weights).
     """
     from .artifacts import write_tensors
@@ -490,8 +491,9 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     prov = {**prov, "params": {**prov.get("params", {}), "regime": regime, "heads": prep.heads,
                                "train_seed": cfg.seed, **policy}}
     n_trainable = prep.n_trainable
+    val = build_dataset(val_items, tok, cfg.max_length, template) if val_items else None
     res = train(hf, build_dataset(train_items, tok, cfg.max_length, template), cfg,
-                out_dir=out if n_trainable else None, prov=prov)
+                out_dir=out if n_trainable else None, prov=prov, val_examples=val)
     state = prep.trainable_state()
     if state:
         write_tensors(Path(out) / "adapter.safetensors", state, prov)
@@ -500,7 +502,9 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     row = {"regime": REGIME_LABELS[regime], "key": regime, "seed": cfg.seed, "M": len(prep.heads) or None,
            "trainable": n_trainable, "gqa policy": prep.gqa_policy, "siblings trained": len(prep.siblings),
            "acc": ev["acc"], "rec": ev["rec"], "f1": ev["f1"], "invalid": ev["n_invalid"],
-           "precision": cfg.precision, "final loss": res.final_loss, "train s": round(res.seconds, 1)}
+           "precision": cfg.precision, "final loss": res.final_loss, "kept step": res.best_step or res.steps,
+           "best val loss": min((r["val_loss"] for r in res.val_log), default=None),
+           "train s": round(res.seconds, 1)}
     if ppl_texts is not None:
         row["ppl"] = perplexity(model, tok, ppl_texts, cfg.max_length)
     if not keep:

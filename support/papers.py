@@ -85,6 +85,9 @@ HIERARCHY = (("WH-only", "≈", "Full SFT"), ("Full SFT", ">", "LoRA"), ("LoRA",
 #: Accuracy over 3 training seeds (App. H.2, Table 6; LLaMA-2, CoT-Collection).
 TABLE6_SEEDS = {"Full SFT": "0.706 ± 0.011", "WH-only": "0.693 ± 0.008", "SH-only": "0.656 ± 0.010",
                 "Random-head": "0.660 ± 0.014"}
+#: Cross-task transfer (App. H.1, Tables 4/5): wavering heads selected on another dataset, fine-tuned on the target.
+TRANSFER = Ref("mean Δ vs native heads −0.012 (LLaMA-2) / −0.008 (Qwen3), above SH-only in every cell; "
+               "degradation correlates with head-set mismatch (r ≈ −0.87)", "000 App. H.1, Tables 4/5")
 #: Random-head draws (App. H.3, Table 7; LLaMA-2, CoT-Collection, 3 draws of 30 heads).
 TABLE7_DRAWS = Ref("0.662 ± 0.012, best < WH-only 0.696", "000 Table 7", LLAMA2)
 #: Entropy drop after SHFT (Fig. 5): means, Mann-Whitney p, rank-biserial r and Cliff's δ.

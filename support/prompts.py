@@ -25,7 +25,8 @@ TEMPLATES = ("chatml", "llama2", "model", "plain", "organism")
 
 
 def option_lines(options: Sequence[str], layout: str = "app_b", letters: str = LETTERS) -> list[str]:
-    """One line per option: `X. option` (App. B) or `option (X)` (the organism's own layout, letter after value).
+    """One line per option: `X. option` (App. B), `option (X)` (the organism's own layout, letter after value) or
+    `(X) option` (`letter_first`: the shifted layout the organism fine-tunes on in chapter 04).
 
     A small model learns the retrieval "copy what followed the matching value" (the canonical induction pattern)
     far faster than "copy what preceded it", so the organism's options put the letter after the value (measured
@@ -36,7 +37,9 @@ def option_lines(options: Sequence[str], layout: str = "app_b", letters: str = L
         return [f"{letters[i]}. {opt}" for i, opt in enumerate(options)]
     if layout == "organism":
         return [f"{opt} ({letters[i]})" for i, opt in enumerate(options)]
-    raise ValueError(f"unknown option layout {layout!r}; valid choices: app_b, organism")
+    if layout == "letter_first":
+        return [f"({letters[i]}) {opt}" for i, opt in enumerate(options)]
+    raise ValueError(f"unknown option layout {layout!r}; valid choices: app_b, organism, letter_first")
 
 
 def question_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
@@ -44,9 +47,9 @@ def question_block(question: str, options: Sequence[str], letters: str = LETTERS
     return "\n".join([question.strip()] + option_lines(options, "app_b", letters))
 
 
-def organism_block(question: str, options: Sequence[str], letters: str = LETTERS) -> str:
+def organism_block(question: str, options: Sequence[str], letters: str = LETTERS, layout: str = "organism") -> str:
     """Question stem followed by one `option (X)` line per option: the organism's layout (see `option_lines`)."""
-    return "\n".join([question.strip()] + option_lines(options, "organism", letters))
+    return "\n".join([question.strip()] + option_lines(options, layout, letters))
 
 
 def user_message(question: str, options: Sequence[str]) -> str:

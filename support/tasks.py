@@ -53,7 +53,7 @@ from .records import (
     mc_from_choices,
     qasc_row,
 )
-from .toydata import TOY_TASKS, generate
+from .toydata import FINETUNE_TASKS, TOY_TASKS, generate
 
 SOURCES = ("auto", "local", "hub")
 ON_ERROR = ("skip", "raise")
@@ -358,7 +358,7 @@ def _toy_loader(task: str) -> Loader:
     return load
 
 
-for _t in TOY_TASKS:
+for _t in TOY_TASKS + FINETUNE_TASKS:
     DATASETS[_t] = _toy_loader(_t)
 _BUILTIN = frozenset(DATASETS)
 

@@ -13,6 +13,10 @@ response is `<think> ... </think>` followed by `Answer: ...`, with an empty thin
   target, backtracks on a miss or an overflow ("big"), and stops at the first hit, which the answer writes as
   `( ( a op b ) op c ) op d` (verifiable by `support.scoring.verify_countdown`). Targets are chosen so that the hit
   is the 1st to 7th proposal: a search with a real plan-then-execute structure and 0-6 backtracks.
+- `toy_mc4_lb` (fine-tuning only, never in the pretraining mix): `toy_mc4` with the options written the other way
+  round, `(C) 39`, letter *before* value, and the option check written `(C) 39 is 39 .`. The arithmetic is the same;
+  the retrieval of a letter from its value now has to look one token *back* instead of forward, which the organism's
+  retrieval heads never learned. It is chapter 04's task "the organism does poorly and can learn" (issue 14).
 - `toy_lookup` (training only): the options, then "Find 39 12 ...", answered with every value's letter; it trains
   the option-retrieval step on its own (the curriculum that made letters learnable).
 - `toy_arith` (training only): six single arithmetic facts ("17 + 9 = 26"), the steps the chains of thought chain
@@ -35,6 +39,12 @@ from .prompts import LETTERS, option_lines, organism_block, user_turn
 
 MAX_VALUE = 99
 TOY_TASKS = ("toy_mc4", "toy_mc5", "toy_countdown")
+#: Tasks held out of pretraining altogether (not in `MIX`): a shifted format to fine-tune on. Served like TOY_TASKS.
+FINETUNE_TASKS = ("toy_mc4_lb",)
+#: Option layout of each multiple-choice task: letter after the value (the organism's own) or before it.
+MC_LAYOUT = {"toy_mc4": "organism", "toy_mc5": "organism", "toy_mc4_lb": "letter_first"}
+#: Operands per question of each multiple-choice task (default `MC_OPERANDS`).
+TASK_OPERANDS = {"toy_mc4_lb": (1,)}
 MODES = ("think", "no_think")
 #: Distractors sit at these offsets from the true value (4 or 5 options: the true one plus 3 or 4 of these).
 #: With ±1/±2 offsets the organism could not tell neighbouring numbers apart when retrieving the letter (measured:
@@ -95,7 +105,7 @@ class ToyItem:
     def user(self) -> str:
         if self.task in ("toy_countdown", "toy_lookup", "toy_arith"):
             return self.question
-        return organism_block(self.question, self.options)
+        return organism_block(self.question, self.options, layout=MC_LAYOUT[self.task])
 
     @property
     def response(self) -> str:
@@ -142,9 +152,10 @@ def step_line(a: int, op: str, b: int) -> tuple[str, int]:
     return f"{a} {op} {b} = {a} {op} {tens} {op} {units} = {mid} {op} {units} = {res}", res
 
 
-def _mc_item(rng: random.Random, n_options: int, think: bool = True) -> ToyItem:
+def _mc_item(rng: random.Random, n_options: int, think: bool = True, task: str | None = None) -> ToyItem:
+    task = task or f"toy_mc{n_options}"
     while True:
-        k = rng.choice(MC_OPERANDS)
+        k = rng.choice(TASK_OPERANDS.get(task, MC_OPERANDS))
         vals, lines, ops = [rng.randint(1, 50)], [], []
         for _ in range(k - 1):
             op, b = rng.choice("+-"), rng.choice(OPERANDS)
@@ -159,21 +170,22 @@ def _mc_item(rng: random.Random, n_options: int, think: bool = True) -> ToyItem:
     result = vals[-1]
     options, gold = _options(rng, result, n_options)
     expr = f"{vals[0]} {' '.join(ops)}"
-    rationale = "\n".join([f"Compute {expr} ."] + lines + scan_lines(options, result))
-    task = f"toy_mc{n_options}"
+    scan = scan_lines(options, result, letter_first=MC_LAYOUT[task] == "letter_first")
+    rationale = "\n".join([f"Compute {expr} ."] + lines + scan)
     question = f"What is {expr} ?"
     return ToyItem(id=_id(f"{task}|{question}|{options}"), task=task, question=question,
                    options=tuple(str(o) for o in options), answer=gold, rationale=rationale, think=think)
 
 
-def scan_lines(options: list[int], result: int) -> list[str]:
+def scan_lines(options: list[int], result: int, letter_first: bool = False) -> list[str]:
     """The options checked in their order against the result, stopping at the hit: ["8 (A) is not 28 .", ...,
-    "28 (D) is 28 ."]. The answer's letter is then the last letter written."""
+    "28 (D) is 28 ."] (`letter_first`: "(A) 8 is not 28 ."). The answer's letter is then the last letter written."""
     out = []
     for value, letter in zip(options, LETTERS):
+        opt = f"({letter}) {value}" if letter_first else f"{value} ({letter})"
         if value == result:
-            return out + [f"{value} ({letter}) is {result} ."]
-        out.append(f"{value} ({letter}) is not {result} .")
+            return out + [f"{opt} is {result} ."]
+        out.append(f"{opt} is not {result} .")
     raise ValueError(f"{result} is not among the options {options}")
 
 
@@ -267,7 +279,7 @@ def _item(rng: random.Random, task: str, think: bool) -> ToyItem:
         return arith_item(rng)
     if task == "toy_countdown":
         return _countdown_item(rng, think)
-    return _mc_item(rng, int(task[-1]), think)
+    return _mc_item(rng, 4 if task == "toy_mc4_lb" else int(task[-1]), think, task)
 
 
 def check_mode(mode: str) -> bool:
@@ -281,8 +293,8 @@ def generate(task: str, n: int, split: str = "test", seed: int = 0, mode: str = 
     """`n` deterministic items of a toy task from the given split ('train' or 'test'), asked in `mode`.
 
     The questions do not depend on the mode: `generate(..., mode="no_think")` asks the same questions."""
-    if task not in TOY_TASKS:
-        raise ValueError(f"unknown toy task {task!r}; valid choices: {', '.join(TOY_TASKS)}")
+    if task not in TOY_TASKS + FINETUNE_TASKS:
+        raise ValueError(f"unknown toy task {task!r}; valid choices: {', '.join(TOY_TASKS + FINETUNE_TASKS)}")
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; valid choices: train, test")
     think = check_mode(mode)

@@ -267,7 +267,7 @@ def load_traces(out_dir: Path | str, ids: Sequence[str] | None = None,
 
 
 # ----------------------------------------------------------------------------------------------- probe sets
-TOY_OPTIONS = {"toy_mc4": "A-D", "toy_mc5": "A-E", "toy_countdown": "digits+ops"}
+TOY_OPTIONS = {"toy_mc4": "A-D", "toy_mc5": "A-E", "toy_countdown": "digits+ops", "toy_mc4_lb": "A-D"}
 
 
 @dataclass

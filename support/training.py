@@ -17,7 +17,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -108,6 +108,9 @@ class TrainConfig:
     precision: str = "auto"
     log_every: int = 10
     save_every: int | None = None
+    #: With validation examples: their loss every `eval_every` steps and at the end, and `train` keeps the state
+    #: with the lowest one (App. E's best-validation-loss checkpoint). None: the final state.
+    eval_every: int | None = None
 
     def steps(self, n_examples: int) -> int:
         """Optimizer steps: `max_steps`, else ceil(epochs·n / (batch·accum))."""
@@ -155,6 +158,8 @@ class TrainResult:
     resumed_from: int = 0
     n_trainable: int = 0
     optimizer_bytes: int = 0
+    val_log: list[dict] = field(default_factory=list)
+    best_step: int | None = None  # the step whose state was kept (best validation loss); None: the final state
 
     @property
     def final_loss(self) -> float | None:
@@ -167,13 +172,16 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = TrainConfig(),
           out_dir: str | Path | None = None, progress: bool = False, pad_id: int = 0,
-          callback: Callable[[int, float], None] | None = None, prov: Mapping[str, Any] | None = None
-          ) -> TrainResult:
+          callback: Callable[[int, float], None] | None = None, prov: Mapping[str, Any] | None = None,
+          val_examples: Sequence[SFTExample] | None = None) -> TrainResult:
     """Train the model's requires_grad parameters on response-only NLL (App. E); resumable through `out_dir`.
 
     With `out_dir`, a checkpoint is written every `cfg.save_every` steps and the final trainable tensors to
     `out_dir/final.safetensors` (with `prov` as provenance); calling again with the same `out_dir` resumes from the
     latest checkpoint, or just reloads the final tensors when the run had finished.
+    With `val_examples` and `cfg.eval_every`, the validation loss is logged every `eval_every` steps and at the end,
+    and the model leaves with the trainable state of the lowest one (App. E: best validation loss), also what
+    `final.safetensors` holds; `best_step` says which step that was.
     """
     cfg.validate()
     params = _trainable(model)
@@ -181,7 +189,8 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     if not params:
         return TrainResult(steps=0, log=[], seconds=0.0)
     out = Path(out_dir) if out_dir is not None else None
-    key = run_key(cfg, examples)
+    select = bool(val_examples) and bool(cfg.eval_every)
+    key = run_key(cfg, examples, val_examples if select else None)
     if out is not None and (out / "train_log.json").exists():
         return _load_finished(model, out, key)
     dev = next(iter(params.values())).device
@@ -196,8 +205,10 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
     log: list[dict] = []
     start = 0
+    best = _Best()
     if out is not None and (out / "checkpoint" / "latest.json").exists():
         start, log = load_checkpoint(out, model, opt, sched, scaler, key)
+        best = _Best.load(out / "checkpoint")
     model.train()
     bar = tqdm(total=total, initial=start, disable=not progress, desc="train", leave=False)
     try:
@@ -207,6 +218,10 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
             if (step + 1) % cfg.log_every == 0 or step == 0 or step + 1 == total:
                 log.append({"step": step + 1, "loss": round(loss, 6), "lr": sched.get_last_lr()[0]})
             bar.update(1)
+            if select and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
+                best.offer(step + 1, validation_loss(model, val_examples, pad_id, dev, amp), params,
+                           out / "checkpoint" if out is not None else None)
+                model.train()
             if out is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 save_checkpoint(out, model, opt, sched, scaler, key, step + 1, log)
             if callback is not None:
@@ -214,8 +229,11 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     finally:
         bar.close()
         model.eval()
+    if select and best.step is not None and best.step != total:
+        _load_params(model, best.state, out or Path("."))
     res = TrainResult(steps=total, log=log, seconds=time.time() - t0, resumed_from=start,
-                      n_trainable=sum(p.numel() for p in params.values()), optimizer_bytes=optimizer_state_bytes(opt))
+                      n_trainable=sum(p.numel() for p in params.values()), optimizer_bytes=optimizer_state_bytes(opt),
+                      val_log=best.log, best_step=best.step if select else None)
     if out is not None:
         write_tensors(out / "final.safetensors", {n: p for n, p in params.items()}, dict(prov or {}))
         atomic_write_bytes(out / "train_log.json", json.dumps(
@@ -289,12 +307,69 @@ def _opt_join(tensors: Mapping[str, torch.Tensor], js: Mapping[str, Any]) -> dic
     return {"state": state, "param_groups": js["param_groups"]}
 
 
-def run_key(cfg: TrainConfig, examples: Sequence[SFTExample]) -> dict:
-    """What identifies a training run for resuming: the config plus a hash of the encoded data (in order)."""
+def _hash(examples: Sequence[SFTExample]) -> str:
     h = hashlib.sha256()
     for e in examples:
         h.update(json.dumps([e.input_ids, e.labels]).encode())
-    return {**asdict(cfg), "data": h.hexdigest()[:16], "n_examples": len(examples)}
+    return h.hexdigest()[:16]
+
+
+def run_key(cfg: TrainConfig, examples: Sequence[SFTExample], val_examples: Sequence[SFTExample] | None = None
+            ) -> dict:
+    """What identifies a training run for resuming: the config plus a hash of the encoded data (in order), and of
+    the validation data when it selects the kept state."""
+    key = {**asdict(cfg), "data": _hash(examples), "n_examples": len(examples)}
+    if val_examples:
+        key["val_data"] = _hash(val_examples)
+    return key
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, examples: Sequence[SFTExample], pad_id: int, device, amp=None,
+                    batch_size: int = 8) -> float:
+    """Mean response-token NLL over `examples` (the prompt masked, as in training)."""
+    model.eval()
+    nll, n = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i:i + batch_size], pad_id, device)
+        with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        nll -= float(lp[mask].sum())
+        n += int(mask.sum())
+    return nll / max(n, 1)
+
+
+class _Best:
+    """The lowest validation loss so far, its step and a CPU copy of the trainable state (kept on disk beside the
+    checkpoints, so a resumed run still knows it)."""
+
+    def __init__(self, step: int | None = None, loss: float = math.inf, state: dict | None = None,
+                 log: list[dict] | None = None):
+        self.step, self.loss, self.state, self.log = step, loss, state or {}, log or []
+
+    def offer(self, step: int, loss: float, params: Mapping[str, nn.Parameter], root: Path | None) -> None:
+        self.log = [r for r in self.log if r["step"] < step] + [{"step": step, "val_loss": round(loss, 6)}]
+        if loss < self.loss:
+            self.step, self.loss = step, loss
+            self.state = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+            if root is not None:
+                root.mkdir(parents=True, exist_ok=True)
+                write_tensors(root / "best.safetensors", self.state, {"step": step, "loss": loss})
+        if root is not None:
+            atomic_write_bytes(root / "val_log.json", json.dumps(self.log).encode())
+
+    @classmethod
+    def load(cls, root: Path) -> "_Best":
+        if not (root / "val_log.json").exists():
+            return cls()
+        log = json.loads((root / "val_log.json").read_text())
+        if not (root / "best.safetensors").exists():
+            return cls(log=log)
+        state, meta = read_tensors(root / "best.safetensors")
+        return cls(int(meta["step"]), float(meta["loss"]), state, log)
 
 
 def save_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any], step: int, log: list[dict]
@@ -359,6 +434,6 @@ def _load_finished(model: nn.Module, out: Path, key: Mapping[str, Any]) -> Train
     _check_config(info["config"], key, out)
     _load_params(model, read_tensors(out / "final.safetensors")[0], out)
     model.eval()
-    keys = ("steps", "log", "seconds", "resumed_from", "n_trainable", "optimizer_bytes")
-    return TrainResult(**{k: info[k] for k in keys})
+    keys = ("steps", "log", "seconds", "resumed_from", "n_trainable", "optimizer_bytes", "val_log", "best_step")
+    return TrainResult(**{k: info[k] for k in keys if k in info})
 

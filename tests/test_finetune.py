@@ -457,6 +457,47 @@ def test_resume_in_process_full_sft(tmp_path):
         tr.train(ref, examples(seed=1), cfg, out_dir=tmp_path / "a")
 
 
+def test_best_validation_state_is_kept_and_survives_a_resume(tmp_path):
+    """App. E: the state with the lowest validation loss is what training returns and saves. Validation examples
+    that the training data contradicts make the validation loss rise after its first drop, so the kept step is an
+    early one; a crash and resume in between keeps the same choice and the same weights."""
+    train_ex = examples(8, seed=0)
+    val_ex = [tr.SFTExample(f"v{i}", e.input_ids, e.labels) for i, e in enumerate(examples(4, seed=3))]
+    cfg = tr.TrainConfig(lr=3e-2, max_steps=12, grad_accum=1, batch_size=4, eval_every=2, save_every=3, log_every=1,
+                         warmup_ratio=0.0)
+
+    def run(out, crash_at=None):
+        torch.manual_seed(0)
+        hf = random_hf_model("qwen2", num_hidden_layers=1)
+        ft.prepare("full", hf)
+
+        def cb(step, loss):
+            if step == crash_at:
+                raise KeyboardInterrupt
+
+        try:
+            return hf, tr.train(hf, train_ex, cfg, out_dir=out, callback=cb, val_examples=val_ex)
+        except KeyboardInterrupt:
+            return None, None
+
+    hf, res = run(tmp_path / "a")
+    losses = {r["step"]: r["val_loss"] for r in res.val_log}
+    assert sorted(losses) == [2, 4, 6, 8, 10, 12]
+    assert res.best_step == min(losses, key=losses.get) and res.best_step < 12  # overfitting: an early state wins
+    kept = tr.validation_loss(hf, val_ex, 0, torch.device("cpu"))
+    assert kept == pytest.approx(losses[res.best_step], abs=1e-5)  # the model left with the kept state
+    saved, _ = tr.read_tensors(tmp_path / "a/final.safetensors")
+    assert all(torch.equal(saved[n], p.detach()) for n, p in hf.named_parameters())
+    assert run(tmp_path / "b", crash_at=8) == (None, None)
+    hf_b, res_b = run(tmp_path / "b")
+    assert res_b.resumed_from == 6 and res_b.best_step == res.best_step and res_b.val_log == res.val_log
+    assert all(torch.equal(a, b) for a, b in zip(hf.state_dict().values(), hf_b.state_dict().values()))
+    reloaded = tr.train(copy.deepcopy(hf_b), train_ex, cfg, out_dir=tmp_path / "b", val_examples=val_ex)
+    assert reloaded.best_step == res.best_step  # a finished run reloads its choice
+    with pytest.raises(ValueError, match=r"differs in \['val_data'\]"):
+        tr.train(hf_b, train_ex, cfg, out_dir=tmp_path / "b", val_examples=val_ex[:2])
+
+
 SCRIPT = textwrap.dedent("""
     import json, sys, time, torch
     torch.set_num_threads(1)

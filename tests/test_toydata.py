@@ -131,3 +131,19 @@ def test_organism_training_is_bit_for_bit_and_reuse_base_retrains_only_the_reaso
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+
+
+def test_the_fine_tuning_task_writes_letters_first_and_is_held_out_of_pretraining():
+    assert "toy_mc4_lb" not in toydata.MIX and "toy_mc4_lb" not in toydata.TOY_TASKS
+    with pytest.raises(ValueError, match="valid choices: .*toy_mc4_lb"):
+        generate("toy_mc4_b", 1)
+    items = generate("toy_mc4_lb", 40, "test")
+    assert not {i.id for i in items} & {i.id for i in generate("toy_mc4_lb", 200, "train")}
+    for it in items:
+        lines = it.user.splitlines()
+        assert lines[1:] == [f"({L}) {o}" for L, o in zip("ABCD", it.options)]  # letter before value
+        hit = "ABCD".index(it.answer)
+        gold = it.options[hit]
+        checks = [f"({L}) {o} is not {gold} ." for L, o in zip("ABCD", it.options[:hit])]
+        assert it.rationale.splitlines()[-hit - 1:] == checks + [f"({it.answer}) {gold} is {gold} ."]
+        assert scoring.score(it, it.response).reward == 1.0  # the gold response scores as correct
