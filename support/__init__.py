@@ -8,7 +8,7 @@ _warnings.filterwarnings("ignore", message="IProgress not found")
 #: The modules, by layer (lowest first; see README "The package, layer by layer" and tests/test_layering.py).
 __all__ = ["errors", "artifacts", "prompts", "scoring", "papers",
            "heads", "records", "toydata", "tasks", "contrasts",
-           "models", "decoding", "readout", "training",
+           "models", "decoding", "readout", "training", "memory",
            "tracing", "selection", "finetune", "evaluation", "organism", "rhythm", "rl", "circuits", "interventions",
            "ablations", "synthesis",
            "plots", "params", "chapter", "run", "book"]

@@ -88,6 +88,25 @@ def check_regime(regime: str) -> str:
     return regime
 
 
+def check_memory(config: Any, regimes: Sequence[str], batch_size: int, seq_len: int, precision: str,
+                 device: torch.device | str, n_trainable: int = 0) -> Any:
+    """Memory guard (`support.memory`) before any regime trains: one optimizer step of the hungriest regime in
+    `regimes` (full SFT trains every parameter; the head and LoRA regimes `n_trainable`, with the same activations),
+    fp32 masters under `precision`'s autocast, `batch_size` sequences of `seq_len` tokens. Returns the footprint,
+    or raises `memory.MemoryBudgetError` naming the batch size that fits."""
+    from .memory import Shape, guard, train_footprint
+    from .training import amp_dtype
+
+    s = Shape.from_config(config)
+    amp = amp_dtype(precision, torch.device(device))
+    act = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+    full = "full" in regimes
+    trainable = s.n_params if full else n_trainable
+    what = f"{'full SFT' if full else 'fine-tuning'} step ({act} activations, fp32 masters)"
+    return guard(lambda b: train_footprint(s, trainable, b, seq_len, act, what=what), "batch_size", batch_size,
+                 device)
+
+
 def check_gqa_policy(policy: str) -> str:
     """Return `policy` or raise one ParameterError naming the valid choices."""
     if policy not in GQA_POLICIES:
@@ -373,16 +392,14 @@ class Prepared:
     model: nn.Module
     heads: list[Head] = field(default_factory=list)
     shft: SHFT | None = None
+    #: The GQA policy of a head regime (None otherwise) and the unselected heads that train too (``shared`` policy:
+    #: `affected_siblings`), taken from the SHFT module when prepared: `finish` may merge and drop that module.
+    gqa_policy: str | None = field(init=False, default=None)
+    siblings: list[Head] = field(init=False, default_factory=list)
 
-    @property
-    def gqa_policy(self) -> str | None:
-        """The GQA policy of a head regime (None otherwise)."""
-        return self.shft.gqa_policy if self.shft is not None else None
-
-    @property
-    def siblings(self) -> list[Head]:
-        """Unselected heads that train too (``shared`` policy: `affected_siblings`)."""
-        return self.shft.siblings if self.shft is not None else []
+    def __post_init__(self) -> None:
+        if self.shft is not None:
+            self.gqa_policy, self.siblings = self.shft.gqa_policy, list(self.shft.siblings)
 
     @property
     def n_trainable(self) -> int:

@@ -17,7 +17,7 @@ LAYERS = [
     {"errors", "artifacts", "prompts", "scoring", "papers"},  # leaves: no torch, no model
     {"heads", "records", "toydata"},  # heads and data records
     {"tasks", "contrasts"},  # the data layer: datasets and clean/corrupted pairs
-    {"models", "decoding", "readout", "training"},  # shared pieces
+    {"models", "decoding", "readout", "training", "memory"},  # shared pieces
     {"tracing", "selection", "finetune", "evaluation", "organism", "rhythm", "rl", "circuits",
      "interventions"},  # methods
     {"ablations", "synthesis"},  # analyses across methods (chapter 06)
