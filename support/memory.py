@@ -99,12 +99,14 @@ def activation_bytes(s: Shape, batch: int, seq: int, act: int, eager: bool = Tru
 
 
 def train_footprint(s: Shape, trainable: int, batch: int, seq: int, precision: str = "fp32",
-                    checkpointing: bool = False, what: str = "training step") -> Footprint:
+                    checkpointing: bool = False, eager: bool = True, kept: int = 0,
+                    what: str = "training step") -> Footprint:
     """One optimizer step: fp32 master weights, gradients and AdamW moments of `trainable` parameters,
-    activations at the autocast width of `precision` (fp32, bf16 or fp16)."""
+    activations at the autocast width of `precision` (fp32, bf16 or fp16); `kept` bytes held on purpose."""
     act = BYTES.get(precision, 4)
     return Footprint(what, {"weights": 4 * s.n_params, "gradients": 4 * trainable, "optimizer": 8 * trainable,
-                            "activations": activation_bytes(s, batch, seq, act, checkpointing=checkpointing)})
+                            "activations": activation_bytes(s, batch, seq, act, eager, checkpointing),
+                            "kept": kept})
 
 
 def inference_footprint(s: Shape, batch: int, seq: int, dtype: Any = torch.float32, kept: int = 0,

@@ -458,6 +458,23 @@ def reward_function(family: str) -> Callable[..., list[float]]:
 # ----------------------------------------------------------------------------------------------- config
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's, see grpo_config
 
+def check_memory(config: Any, prompts_per_step: int, num_generations: int, seq_len: int, device: Any,
+                 credit: bool = True, n_layers: int = 5, chunk: int = 8) -> Any:
+    """Memory guard (`support.memory`) before GRPO: one step of `grpo_config`'s setting (fp32 policy, every
+    parameter trained, P·G sequences of `seq_len` tokens in one batch, SDPA attention, TRL's gradient checkpointing)
+    plus, with attention credit, the `n_layers` attention maps of one `chunk` of the credit pass. Returns the
+    footprint, or raises `memory.MemoryBudgetError` naming the `prompts_per_step` that fits."""
+    from .memory import Shape, guard, train_footprint
+
+    s = Shape.from_config(config)
+    def step(p: int):
+        maps = min(chunk, p * num_generations) * n_layers * s.n_heads * seq_len ** 2 * 4 if credit else 0
+        return train_footprint(s, s.n_params, p * num_generations, seq_len, "fp32", checkpointing=True, eager=False,
+                               kept=maps, what=f"GRPO step ({p}×{num_generations} completions)")
+
+    return guard(step, "prompts_per_step", prompts_per_step, device)
+
+
 def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_step: int = 16, num_generations: int = 8,
                 max_completion_length: int = 48, learning_rate: float = 1e-4, loss_type: str = "grpo",
                 temperature: float = 1.0, beta: float = 0.0, steps_per_generation: int | None = None,

@@ -101,3 +101,15 @@ def test_guard_passes_what_fits_and_names_the_setting_that_would():
 
 def test_free_bytes_reads_the_machine():
     assert 0 < M.free_bytes("cpu") < 2 ** 50
+
+
+def test_the_chapters_guards_name_their_own_setting():
+    from support import finetune as ft
+    from support import rl
+
+    cfg = random_hf_model("qwen2", **SIZES).config
+    assert ft.check_memory(cfg, ["full"], 4, 256, "fp32", "cpu").total > 0  # 6M parameters fit this machine
+    with pytest.raises(M.MemoryBudgetError, match="GRPO step .*prompts_per_step="):
+        rl.check_memory(cfg, 4096, 8, 2048, "cpu")
+    with pytest.raises(M.MemoryBudgetError, match="full SFT step .*batch_size="):
+        ft.check_memory(cfg, ["base", "full"], 4096, 8192, "fp32", "cpu")
