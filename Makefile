@@ -30,9 +30,11 @@ install: $(VENV)/.installed
 chapters: install
 	$(BIN)/python -m support.run --profile $(PROFILE) --run-dir $(RUN_DIR)
 
-# The "Results at a glance" page is generated from the run directory's summary tables before every build.
+# The "Results at a glance" page is generated from the run directory's summary tables before every build, and the
+# "Performance" page from the benchmarks' results files (bench/results/*.txt, written by `make bench`).
 html: install
 	$(BIN)/python -m support.book glance --run-dir $(RUN_DIR)
+	$(BIN)/python -m support.book performance
 	$(BIN)/jupyter-book build . --path-output book --warningiserror --keep-going --quiet
 
 book: chapters html
@@ -47,12 +49,15 @@ test: install lint
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Each benchmark's `name = value` lines are stored, with the machine and date, in bench/results/<bench>.txt (small
+# text files to commit), which the book's "Performance" page shows.
 bench: install
-	$(BIN)/python bench/bench_tracing.py
-	$(BIN)/python bench/bench_finetune.py
-	$(BIN)/python bench/bench_rl.py
-	$(BIN)/python bench/bench_circuits.py
-	$(BIN)/python bench/bench_interventions.py
+	$(BIN)/python -m support.book bench bench/bench_tracing.py
+	$(BIN)/python -m support.book bench bench/bench_finetune.py
+	$(BIN)/python -m support.book bench bench/bench_rl.py
+	$(BIN)/python -m support.book bench bench/bench_circuits.py
+	$(BIN)/python -m support.book bench bench/bench_interventions.py
+	$(BIN)/python -m support.book bench bench/bench_gpu.py
 
 organism: install
 	$(BIN)/python -m support.organism train

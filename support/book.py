@@ -13,6 +13,9 @@
   function's rules).
 - **Results at a glance** (`write_glance`, `python -m support.book glance --run-dir runs/ci`): one row per claim
   from the run directory's summary tables, generated on every build, never typed by hand.
+- **Performance** (`write_performance`, `python -m support.book performance`): the benchmarks' `name = value` lines,
+  grouped by benchmark with the machine and date, from `bench/results/*.txt`, which `python -m support.book bench
+  bench/<bench>.py [args]` writes (`make bench`); generated on every build, and a page saying so when there are none.
 """
 
 from __future__ import annotations
@@ -156,6 +159,9 @@ def setup(app: Any) -> dict[str, Any]:
 #: collapsed (`hide-input`, a toggle in the book) while its output stays visible.
 PLUMBING_LINES = 15
 RUN_PARAMETERS_HEADING = "# This run's parameters (as set by the runner)"
+#: Output-metadata key of a figure's ordinary display beside its glued copy (`support.plots.GLUED_DISPLAY`; a
+#: test checks they agree: `support.plots` imports matplotlib, which tidying does not need).
+GLUED_DISPLAY = "rh_glued_display"
 KEEP_VISIBLE = {"parameters", "injected-parameters", "remove-cell", "remove-input", "hide-input", "hide-cell"}
 
 
@@ -163,8 +169,14 @@ def _tags(cell: Any) -> list[str]:
     return cell.setdefault("metadata", {}).setdefault("tags", [])
 
 
+#: The prefix MyST-NB's `glue(..., display=False)` puts before the mime types of what it stores.
+GLUE_PREFIX = "application/papermill.record/"
+
+
 def _shows_figure(cell: Any) -> bool:
-    return any(k.startswith("image/") for o in cell.get("outputs", []) for k in o.get("data", {}))
+    """Whether a code cell shows a figure: displays an image, or glues one for a `{glue:figure}`."""
+    return any(k.removeprefix(GLUE_PREFIX).startswith("image/") for o in cell.get("outputs", [])
+               for k in o.get("data", {}))
 
 
 def _assignments(src: str) -> list[tuple[str, ast.expr]]:
@@ -206,6 +218,9 @@ def tidy_executed(path: Path | str) -> dict[str, int]:
     2. Plumbing collapsed: a code cell longer than `PLUMBING_LINES` lines that shows no figure gets `hide-input`,
        unless it carries a parameters or visibility tag already (the parameters stay visible).
     3. The Colab badge image is the book's local copy (no remote image on an offline page); the link is kept.
+    4. Figures shown once: a figure that `support.plots.publish` glued for a numbered `{glue:figure}` is also
+       displayed in the cell, with its caption, for Jupyter and Colab; those displays (output metadata
+       `plots.GLUED_DISPLAY`) are removed, and the glued copy stays for the figure directive.
 
     Idempotent; returns counts of what it changed."""
     import nbformat
@@ -231,6 +246,8 @@ def tidy_executed(path: Path | str) -> dict[str, int]:
         show.source = merged
     for c in nb.cells:
         tags = _tags(c)
+        if c.cell_type == "code" and c.get("outputs"):
+            c.outputs = [o for o in c.outputs if GLUED_DISPLAY not in o.get("metadata", {})]
         if c.cell_type == "markdown" and BADGE_REMOTE in c.source:
             c.source = c.source.replace(BADGE_REMOTE, BADGE_LOCAL)
             done["badges"] += 1
@@ -327,13 +344,179 @@ def write_glance(run_dir: Path | str, out: Path | str = GLANCE_PAGE) -> Path:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ performance
+
+#: Where `python -m support.book bench` stores each benchmark's `name = value` lines (small text files, committed).
+BENCH_DIR = PROJECT_ROOT / "bench"
+BENCH_RESULTS = BENCH_DIR / "results"
+#: The generated "Performance" page (a build product beside the executed chapters, git-ignored).
+PERFORMANCE_PAGE = PROJECT_ROOT / CHAPTERS_REL / "performance.md"
+#: A benchmark's result line: `name = value` (the benches print one per figure).
+RESULT_LINE = re.compile(r"^([A-Za-z_][\w.\-]*)\s=\s(.*?)\s*$")
+
+
+def machine() -> str:
+    """One line about this machine: CPU model, logical cores, memory, OS, Python, torch when installed."""
+    import os
+    import platform
+
+    cpu, mem = platform.processor() or platform.machine(), ""
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemTotal:"))
+        mem = f", {kb / 2**20:.0f} GiB memory"
+    except (OSError, StopIteration, ValueError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    parts = [f"{cpu}, {cores} cores available{mem}", f"{platform.system()} {platform.release()} {platform.machine()}",
+             f"Python {platform.python_version()}"]
+    try:
+        from importlib.metadata import version
+
+        parts.append(f"torch {version('torch')}")
+    except Exception:
+        pass
+    return "; ".join(parts)
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (res.stdout.strip() + (" (with uncommitted changes)" if dirty else "")) if res.returncode == 0 else "?"
+
+
+def result_lines(text: str) -> list[tuple[str, str]]:
+    """The `name = value` lines of a benchmark's output, in order (anything else is skipped)."""
+    return [(m.group(1), m.group(2)) for ln in text.splitlines() if (m := RESULT_LINE.match(ln.strip()))]
+
+
+def run_bench(script: Path | str, args: list[str] | None = None, results: Path | str = BENCH_RESULTS) -> int:
+    """Run one benchmark script (`python <script> <args>`, from the project root), pass its output through, and on
+    success write its `name = value` lines to `<results>/<script stem>.txt` under a header (`# key: value` lines:
+    the benchmark, its command, the machine, the date, the commit). A failing benchmark writes nothing and its exit
+    code is returned."""
+    import datetime
+    import subprocess
+
+    script, args = Path(script), list(args or [])
+    cmd = [sys.executable, str(script), *args]
+    started = datetime.datetime.now(datetime.timezone.utc)
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True, bufsize=1)
+    out = []
+    for line in proc.stdout:  # passed through as it comes: the benches take minutes
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        out.append(line)
+    rc = proc.wait()
+    if rc != 0:
+        print(f"{script.name} failed (exit code {rc}); {results} left as it was", file=sys.stderr)
+        return rc
+    lines = result_lines("".join(out))
+    seconds = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    rel = script.resolve().relative_to(PROJECT_ROOT) if script.resolve().is_relative_to(PROJECT_ROOT) else script
+    header = {"bench": script.stem, "command": " ".join(["python", rel.as_posix(), *args]), "machine": machine(),
+              "date": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": _git_commit(), "seconds": f"{seconds:.0f}"}
+    dest = Path(results) / f"{script.stem}.txt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(f"# {k}: {v}\n" for k, v in header.items()) + "".join(f"{n} = {v}\n" for n, v in lines))
+    print(f"wrote {dest} ({len(lines)} lines)")
+    return 0
+
+
+def read_results(path: Path | str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """(header, [(name, value), ...]) of one results file written by `run_bench`."""
+    header, text = {}, Path(path).read_text()
+    for ln in text.splitlines():
+        if ln.startswith("# ") and ":" in ln:
+            k, v = ln[2:].split(":", 1)
+            header.setdefault(k.strip(), v.strip())
+    return header, result_lines("\n".join(ln for ln in text.splitlines() if not ln.startswith("#")))
+
+
+def _bench_summary(stem: str) -> str:
+    """The first line of a benchmark script's docstring (what it measures), or ''."""
+    src = BENCH_DIR / f"{stem}.py"
+    try:
+        doc = ast.get_docstring(ast.parse(src.read_text())) or ""
+    except (OSError, SyntaxError):
+        return ""
+    first = doc.strip().splitlines()[0].removeprefix("Benchmark:").strip() if doc.strip() else ""
+    return first[:1].upper() + first[1:]
+
+
+def performance_markdown(results: Path | str = BENCH_RESULTS) -> str:
+    """The "Performance" page: every benchmark's `name = value` lines, grouped by benchmark, each group under the
+    machine, date and commit it was measured on. Says so when there are no results."""
+    results = Path(results)
+    files = sorted(results.glob("*.txt")) if results.is_dir() else []
+    lines = ["# Performance", "",
+             "What the benchmarks in `bench/` measured, one section per benchmark, each with the machine and date it "
+             "ran on. Run them with `make bench` (each writes `bench/results/<bench>.txt` through `python -m "
+             "support.book bench bench/<bench>.py`); this page is generated from those files on every build "
+             "(`python -m support.book performance`) and is never edited by hand. Times depend on the machine and on "
+             "what else ran on it: compare ratios measured in one run, not seconds across machines.", ""]
+    if not files:
+        return "\n".join(lines + ["No benchmark results were found in `bench/results/`: run `make bench`, then "
+                                  "rebuild the book.", ""])
+    for f in files:
+        header, rows = read_results(f)
+        name = header.get("bench", f.stem)
+        lines += [f"## {_md(name)}", ""]
+        summary = _bench_summary(f.stem)
+        if summary:
+            lines += [_md(summary), ""]
+        meta = [("machine", header.get("machine", "?")), ("date", header.get("date", "?")),
+                ("commit", header.get("commit", "?")), ("command", header.get("command", "?"))]
+        if header.get("seconds"):
+            meta.append(("wall time", f"{header['seconds']} s"))
+        lines += [f"- **{k}**: " + (f"`{v}`" if k == "command" and "`" not in v else _md(v)) for k, v in meta] + [""]
+        if not rows:
+            lines += ["(no `name = value` lines in this file)", ""]
+            continue
+        lines += ["| name | value |", "|---|---|"] + [f"| `{n}` | {_md(v)} |" for n, v in rows] + [""]
+    return "\n".join(lines)
+
+
+def write_performance(results: Path | str = BENCH_RESULTS, out: Path | str = PERFORMANCE_PAGE) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(performance_markdown(results))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m support.book", description="book publishing helpers")
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("glance", help="write the 'Results at a glance' page from a run directory")
     g.add_argument("--run-dir", default="runs/ci")
     g.add_argument("--out", type=Path, default=GLANCE_PAGE)
+    p = sub.add_parser("performance", help="write the 'Performance' page from the benchmarks' results files")
+    p.add_argument("--results", type=Path, default=BENCH_RESULTS)
+    p.add_argument("--out", type=Path, default=PERFORMANCE_PAGE)
+    b = sub.add_parser("bench", help="run a benchmark script and store its name = value lines in bench/results/")
+    b.add_argument("script", type=Path)
+    b.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the script")
+    b.add_argument("--results", type=Path, default=BENCH_RESULTS)
     args = ap.parse_args(argv)
+    if args.cmd == "bench":
+        return run_bench(args.script, args.args, args.results)
+    if args.cmd == "performance":
+        out = write_performance(args.results, args.out)
+        n = len(list(args.results.glob("*.txt"))) if args.results.is_dir() else 0
+        print(f"wrote {out} ({n} benchmark results files from {args.results})")
+        return 0
     out = write_glance(args.run_dir, args.out)
     print(f"wrote {out} ({len(glance_rows(args.run_dir))} claims from {args.run_dir})")
     return 0

@@ -510,3 +510,103 @@ def grouped_points(groups: dict, title: str, caption: str, ylabel: str, ref: flo
         ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.2, axis="y")
     return finish(fig, ax, title, caption)
+
+
+# ------------------------------------------------------------------------------- the book: numbered figures, tables
+#: Output-metadata key of a figure's ordinary display (and of its caption's) beside its glued copy. Jupyter and Colab
+#: show these; the runner drops them from the executed chapters the book is built from (`support.book.tidy_executed`),
+#: where the glued copy appears instead, in a numbered `{glue:figure}`.
+GLUED_DISPLAY = "rh_glued_display"
+#: MyST-NB's glue key of a figure's caption (Markdown): `<name>_caption`.
+CAPTION_SUFFIX = "_caption"
+
+
+def _glue():
+    """MyST-NB's `glue` when it can work here (MyST-NB installed: the `book` extra; an IPython kernel running),
+    else None (a plain Python process, or Colab without the book extra: nothing to glue into)."""
+    try:
+        from IPython import get_ipython
+        from myst_nb import glue
+    except ImportError:
+        return None
+    return glue if get_ipython() is not None else None
+
+
+def publish(fig, name: str, run_dir: Path | str | None = None) -> None:
+    """Show a figure so that the book can number it and the text can refer to it.
+
+    Saves it like `save` when a run directory is given; glues it (MyST-NB, `display=False`) under `name` and its
+    caption, as Markdown, under `name + "_caption"`; and displays it with its caption as `show` does, tagged
+    `GLUED_DISPLAY` (Jupyter and Colab show that; the book shows the glued copy). The next Markdown cell places it:
+
+        ```{glue:figure} 00_training_curve
+        :name: fig-00-training-curve
+
+        {glue:md}`00_training_curve_caption`
+        ```
+
+    and the text refers to it as {numref}`fig-00-training-curve` ("Fig. 1"). Without MyST-NB or outside an IPython
+    kernel this is `show(fig, run_dir, name)`."""
+    glue = _glue()
+    if glue is None:
+        show(fig, run_dir, name)
+        return
+    from IPython.display import Markdown, display
+
+    if run_dir is not None:
+        save(fig, run_dir, name)
+    cap = getattr(fig, "_rh_caption", "")
+    glue(name, fig, display=False)
+    glue(name + CAPTION_SUFFIX, Markdown(cap), display=False)
+    display(fig, metadata={GLUED_DISPLAY: name})
+    if cap:
+        display({"text/plain": f"Figure: {cap}", "text/markdown": f"*Figure:* {cap}"}, raw=True,
+                metadata={GLUED_DISPLAY: name})
+    plt.close(fig)
+
+
+def publish_note(name: str, text: str) -> None:
+    """Glue a note in place of a figure a run does not make (e.g. the organism's training curve, for a real model),
+    so that the chapter's `{glue:figure}` of `name` still has something to show; prints the note as well."""
+    print(text)
+    glue = _glue()
+    if glue is not None:
+        from IPython.display import Markdown
+
+        glue(name, Markdown(f"*{text}*"), display=False)
+        glue(name + CAPTION_SUFFIX, Markdown("(not made in this run)"), display=False)
+
+
+def _significant(v, digits: int = 3) -> str:
+    """A number rounded to `digits` significant places, without an exponent between 1e-3 and 1e6; anything else as
+    text (an integer stays as it is)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (float, np.floating)):
+        return str(v)
+    if not np.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    mag = int(np.floor(np.log10(abs(v))))
+    if mag < -3 or mag >= 6:
+        return f"{v:.{digits - 1}e}"
+    decimals = digits - 1 - mag
+    r = round(float(v), decimals)
+    if abs(r) >= 10 ** (mag + 1):  # rounding carried into the next power of ten (0.9996 -> 1.00)
+        decimals -= 1
+    return f"{r:.{max(decimals, 0)}f}"
+
+
+def table(df, caption: str = "", digits: int = 3):
+    """A frame as the book shows it: every float rounded to `digits` significant places (NaN as –), the caption
+    above it, HTML special characters escaped, and a plain 0..n-1 index hidden. Returns a pandas Styler (display it,
+    or end a cell with it); the frame itself is untouched, so `ch.table` keeps saving the raw numbers."""
+    import pandas as pd
+
+    st = df.style.format(lambda v: _significant(v, digits), na_rep="–", escape="html")
+    if isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1:
+        st = st.hide(axis="index")
+    if caption:
+        import html
+
+        st = st.set_caption(html.escape(caption))
+    return st

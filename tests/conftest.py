@@ -80,6 +80,7 @@ def built_book(request, tmp_path_factory) -> Book:
 
     run_dir = request.getfixturevalue("executed")
     book.write_glance(run_dir)
+    book.write_performance()  # the "Performance" page, from bench/results/ (a page saying so when there are none)
     out = tmp_path_factory.mktemp("book")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     res = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output",
