@@ -13,10 +13,11 @@ response is `<think> ... </think>` followed by `Answer: ...`, with an empty thin
   target, backtracks on a miss or an overflow ("big"), and stops at the first hit, which the answer writes as
   `( ( a op b ) op c ) op d` (verifiable by `support.scoring.verify_countdown`). Targets are chosen so that the hit
   is the 1st to 7th proposal: a search with a real plan-then-execute structure and 0-6 backtracks.
-- `toy_mc4_lb` (fine-tuning only, never in the pretraining mix): `toy_mc4` with the options written the other way
-  round, `(C) 39`, letter *before* value, and the option check written `(C) 39 is 39 .`. The arithmetic is the same;
-  the retrieval of a letter from its value now has to look one token *back* instead of forward, which the organism's
-  retrieval heads never learned. It is chapter 04's task "the organism does poorly and can learn" (issue 14).
+- `toy_mc4_lb` (fine-tuning only, never in the pretraining mix): a one-operand `toy_mc4` ("What is 37 ?", so no
+  arithmetic) with the options written the other way round, `(C) 39`, letter *before* value, and the option check
+  written `(C) 39 is 39 .`. The check now has to fetch the value that follows a letter, where the organism learned to
+  fetch the letter that follows a value; the base model answers almost nothing right (chapter 04 measures it). It is
+  chapter 04's task "the organism does poorly and can learn" (issue 14).
 - `toy_lookup` (training only): the options, then "Find 39 12 ...", answered with every value's letter; it trains
   the option-retrieval step on its own (the curriculum that made letters learnable).
 - `toy_arith` (training only): six single arithmetic facts ("17 + 9 = 26"), the steps the chains of thought chain
