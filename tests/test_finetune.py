@@ -426,23 +426,28 @@ def test_entropy_drop_test_effect_sizes():
 
 
 # ----------------------------------------------------------------------------------------------- resume
+def train_full(out, cfg, train_ex, crash_at=None, val_ex=None):
+    """Full SFT of a fresh seeded 1-layer qwen2 into `out`: (model, result), or (None, None) when it is interrupted
+    (KeyboardInterrupt) after step `crash_at`."""
+    torch.manual_seed(0)
+    hf = random_hf_model("qwen2", num_hidden_layers=1)
+    ft.prepare("full", hf)
+
+    def cb(step, loss):
+        if step == crash_at:
+            raise KeyboardInterrupt
+
+    try:
+        return hf, tr.train(hf, train_ex, cfg, out_dir=out, callback=cb, val_examples=val_ex)
+    except KeyboardInterrupt:
+        return None, None
+
+
 def test_resume_in_process_full_sft(tmp_path):
     cfg = tr.TrainConfig(lr=1e-3, max_steps=6, grad_accum=2, save_every=2, log_every=1)
 
     def run(out, crash_at=None):
-        torch.manual_seed(0)
-        hf = random_hf_model("qwen2", num_hidden_layers=1)
-        ft.prepare("full", hf)
-
-        def cb(step, loss):
-            if step == crash_at:
-                raise KeyboardInterrupt
-
-        try:
-            res = tr.train(hf, examples(), cfg, out_dir=out, callback=cb)
-        except KeyboardInterrupt:
-            return None, None
-        return hf, res
+        return train_full(out, cfg, examples(), crash_at)
 
     ref, _ = run(tmp_path / "a")
     assert run(tmp_path / "b", crash_at=5) == (None, None)
@@ -467,18 +472,7 @@ def test_best_validation_state_is_kept_and_survives_a_resume(tmp_path):
                          warmup_ratio=0.0)
 
     def run(out, crash_at=None):
-        torch.manual_seed(0)
-        hf = random_hf_model("qwen2", num_hidden_layers=1)
-        ft.prepare("full", hf)
-
-        def cb(step, loss):
-            if step == crash_at:
-                raise KeyboardInterrupt
-
-        try:
-            return hf, tr.train(hf, train_ex, cfg, out_dir=out, callback=cb, val_examples=val_ex)
-        except KeyboardInterrupt:
-            return None, None
+        return train_full(out, cfg, train_ex, crash_at, val_ex)
 
     hf, res = run(tmp_path / "a")
     losses = {r["step"]: r["val_loss"] for r in res.val_log}
