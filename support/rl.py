@@ -459,9 +459,10 @@ def reward_function(family: str) -> Callable[..., list[float]]:
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's, see grpo_config
 
 def check_memory(config: Any, prompts_per_step: int, num_generations: int, seq_len: int, device: Any,
-                 credit: bool = True, n_layers: int = 5, chunk: int = 8) -> Any:
+                 credit: bool = True, n_layers: int = 5, chunk: int = 8, gradient_checkpointing: bool = True) -> Any:
     """Memory guard (`support.memory`) before GRPO: one step of `grpo_config`'s setting (fp32 policy, every
-    parameter trained, P·G sequences of `seq_len` tokens in one batch, SDPA attention, TRL's gradient checkpointing)
+    parameter trained, P·G sequences of `seq_len` tokens in one batch, SDPA attention, gradient checkpointing unless
+    switched off)
     plus, with attention credit, the `n_layers` attention maps of one `chunk` of the credit pass. Returns the
     footprint, or raises `memory.MemoryBudgetError` naming the `prompts_per_step` that fits."""
     from .memory import Shape, guard, train_footprint
@@ -469,8 +470,9 @@ def check_memory(config: Any, prompts_per_step: int, num_generations: int, seq_l
     s = Shape.from_config(config)
     def step(p: int):
         maps = min(chunk, p * num_generations) * n_layers * s.n_heads * seq_len ** 2 * 4 if credit else 0
-        return train_footprint(s, s.n_params, p * num_generations, seq_len, "fp32", checkpointing=True, eager=False,
-                               kept=maps, what=f"GRPO step ({p}×{num_generations} completions)")
+        return train_footprint(s, s.n_params, p * num_generations, seq_len, "fp32",
+                               checkpointing=gradient_checkpointing, eager=False, kept=maps,
+                               what=f"GRPO step ({p}×{num_generations} completions)")
 
     return guard(step, "prompts_per_step", prompts_per_step, device)
 
@@ -478,7 +480,8 @@ def check_memory(config: Any, prompts_per_step: int, num_generations: int, seq_l
 def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_step: int = 16, num_generations: int = 8,
                 max_completion_length: int = 48, learning_rate: float = 1e-4, loss_type: str = "grpo",
                 temperature: float = 1.0, beta: float = 0.0, steps_per_generation: int | None = None,
-                save_steps: int | None = None, logging_steps: int = 10, seed: int = 0, **overrides: Any) -> GRPOConfig:
+                save_steps: int | None = None, logging_steps: int = 10, seed: int = 0,
+                gradient_checkpointing: bool = True, **overrides: Any) -> GRPOConfig:
     """A `trl.GRPOConfig` with the measured toy/CPU defaults (notes/grpo-on-the-organism.md; paper Sec. 5.3.1).
 
     One step sees `prompts_per_step` prompts × `num_generations` completions; temperature 1.0, no KL (beta 0) and no
@@ -486,6 +489,8 @@ def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_ste
     present, no external loggers, no checkpoints unless `save_steps` is given. `learning_rate` 1e-4 is the toy
     organism's measured setting (the paper trains 4B/8B models at 1e-6). `steps_per_generation` > 1 reuses one
     generation batch for several optimizer steps (the paper: 512 rollouts, 16 micro-batch steps each).
+    `gradient_checkpointing` (TRL's default, on) trades a second forward pass in the backward for activation memory;
+    a model as small as the organism fits without it and trains ~7% faster (12 steps: 69 s against 75 s, 2 threads).
 
     `loss_type` (TRL's aggregation of per-token losses; all accept (B, T) advantages):
     ``"grpo"`` (default; per-sequence mean, then batch mean, as Eq. 5/12's 1/|o| Σ_t), ``"dr_grpo"`` (sum over a
@@ -499,7 +504,7 @@ def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_ste
         num_generations=num_generations, max_completion_length=max_completion_length, learning_rate=learning_rate,
         loss_type=loss_type, temperature=temperature, beta=beta, lr_scheduler_type="constant", warmup_steps=0,
         use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none", logging_steps=logging_steps, seed=seed,
-        save_strategy="steps" if save_steps else "no", use_vllm=False,
+        save_strategy="steps" if save_steps else "no", use_vllm=False, gradient_checkpointing=gradient_checkpointing,
     )
     if save_steps:
         cfg["save_steps"] = save_steps

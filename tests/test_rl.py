@@ -398,3 +398,16 @@ def test_stored_runs_are_filtered_by_model_and_summarised(tmp_path):
     assert row["reward, first fifth"] == 0.15 and row["reward, last fifth"] == 0.95
     assert row["clipped, last fifth"] == 0.025 and (row["sampled before"], row["sampled after"]) == (0.25, 0.5)
     assert row["√2·SE"] == pytest.approx((2 * 0.25 * 0.75 / 8) ** 0.5)
+
+
+def test_gradient_checkpointing_is_on_by_default_and_its_memory_is_counted(tmp_path):
+    """TRL's gradient checkpointing stays on unless switched off; the memory guard counts the activations it saves."""
+    from support import rl
+    from support.models import load_plain
+
+    assert rl.grpo_config(tmp_path).gradient_checkpointing is True
+    assert rl.grpo_config(tmp_path, gradient_checkpointing=False).gradient_checkpointing is False
+    model, _ = load_plain("toy-qwen2")
+    on, off = (rl.check_memory(model.config, 8, 8, 256, "cpu", gradient_checkpointing=g) for g in (True, False))
+    assert off.parts["activations"] > on.parts["activations"]
+    assert off.parts["weights"] == on.parts["weights"]
