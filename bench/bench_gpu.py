@@ -39,8 +39,9 @@ figures). ``<step>_peak_gib`` is the peak during the step above the worker's mem
 (weights included): CUDA, `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`; CPU, peak RSS (VmHWM
 after resetting it through /proc/self/clear_refs, glibc's mmap threshold pinned so that freed tensors leave the RSS;
 CPU times are therefore a little pessimistic). ``<step>_estimate_gib`` is `support.memory`'s estimate from the config:
-`inference_footprint` for decoding (the traced Z buffer and readout as kept bytes), weights + `activation_bytes` +
-the Δz and gradient buffers ((S + R)·T·d·4) for EAP-IG, `train_footprint` for the SFT regimes, and for GRPO
+`inference_footprint` for plain decoding, `tracing.footprint` (chapter 01's guard: the traced Z buffer and readout as
+kept bytes) for traced decoding, `circuits.footprint` (chapter 03's guard: weights + `activation_bytes` + the Δz and
+gradient buffers, (S + R)·T·d·4) for EAP-IG, `train_footprint` for the SFT regimes, and for GRPO
 `train_footprint` of every parameter (gradient checkpointing on, TRL's default) or, for the credit step when larger,
 the credit pass: weights, AdamW state, `inference_footprint` of one chunk plus its kept attention maps and fp32
 logits. ``<step>_fits_t4`` says whether the step fits a 16 GiB T4 (`T4_GIB`): by the measured peak on CUDA, by the
@@ -212,7 +213,6 @@ def inference_worker(args) -> dict:
     lm = LoadedModel(name=f"random-{args.config}", bridge=bridge(hf, tok, f"random-{args.config}"), hf_model=hf,
                      tokenizer=tok, kind="local")
     s = model_shape(args.config)
-    nbytes = M.BYTES[dtype]
     out: dict = {"dtype": str(dtype).removeprefix("torch.")}
     rng = random.Random(args.seed)
 
@@ -241,11 +241,9 @@ def inference_worker(args) -> dict:
                 peak[m] = p if peak[m] is None else max(peak[m], p)
         n = len(tokens["plain_decode"])
         seq = len(tok(prompt)["input_ids"]) + n
-        z_bytes = cfg.cap * s.n_layers * s.n_heads * s.d_head * nbytes  # the trace's hook_z buffer
         ro_bytes = ro.P.numel() * ro.P.element_size() if ro.P is not None else 0
         est = {"plain_decode": M.inference_footprint(s, 1, seq, dtype, what="plain greedy decoding"),
-               "traced_decode": M.inference_footprint(s, 1, seq, dtype, kept=z_bytes + ro_bytes,
-                                                      what="traced greedy decoding")}
+               "traced_decode": tracing.footprint(hf.config, seq - n, cfg.cap, dtype, ro_bytes)}  # chapter 01's guard
         out.update(prompt_tokens=seq - n, new_tokens=n,
                    decode_same_tokens=tokens["traced_decode"] == tokens["plain_decode"],
                    plain_ms_per_token=1e3 * best["plain_decode"] / n,
@@ -268,10 +266,7 @@ def inference_worker(args) -> dict:
         C.attribute(lm, *pair(8), metric="kl", m=1, batch_size=1)  # warm-up
         clean, corrupted = pair(T)
         secs, p, _ = timed(lambda: C.attribute(lm, clean, corrupted, metric="kl", m=args.m, batch_size=1))
-        S, R = C.edge_mask(s.n_layers, s.n_heads, s.n_kv_heads).shape
-        est = M.Footprint("EAP-IG", {"weights": nbytes * s.n_params,
-                                     "activations": M.activation_bytes(s, 1, T, nbytes),
-                                     "kept": (S + R) * T * s.d_model * 4})
+        est = C.footprint(hf.config, 1, T, dtype)  # chapter 03's guard
         out.update(eap_ig_tokens=T, eap_ig_m=args.m, eap_ig_seconds_per_example=secs,
                    eap_ig={"peak": p, "estimate": est.total})
     return out

@@ -881,3 +881,26 @@ def ungroup_kv(hf_model):
     ungroup_layers(out)
     out.config.num_key_value_heads = out.config.num_attention_heads  # also when it was not grouped at all
     return out.eval()
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def footprint(config: Any, batch_size: int, seq_len: int, dtype: Any = torch.float32) -> Any:
+    """Estimated peak of one EAP-IG batch (`support.memory`; see the module docstring's **Memory**): the weights, one
+    forward/backward's activations under eager attention, and the [S, B, T, d] Δz and [R, B, T, d] gradient buffers
+    (float32)."""
+    from .memory import BYTES, Footprint, Shape, activation_bytes
+
+    s = Shape.from_config(config)
+    S, R = edge_mask(s.n_layers, s.n_heads, s.n_kv_heads).shape
+    b = BYTES.get(dtype, 4)
+    return Footprint(f"EAP-IG batch ({batch_size} pairs × {seq_len} tokens)",
+                     {"weights": b * s.n_params, "activations": activation_bytes(s, batch_size, seq_len, b),
+                      "kept": (S + R) * batch_size * seq_len * s.d_model * 4})
+
+
+def check_memory(config: Any, batch_size: int, seq_len: int, device: Any, dtype: Any = torch.float32) -> Any:
+    """Memory guard before EAP-IG (Eq. 3): returns the footprint, or raises `memory.MemoryBudgetError` naming the
+    `batch_size` that fits."""
+    from .memory import guard
+
+    return guard(lambda b: footprint(config, b, seq_len, dtype), "batch_size", batch_size, device)

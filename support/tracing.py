@@ -351,3 +351,25 @@ def head_output_norms(lm, prompt: str, tokens: Sequence[int]) -> np.ndarray:
     start = ids.shape[1] - 1
     return np.stack([cache[f"blocks.{l}.attn.hook_result"][0, start:-1].float().norm(dim=-1).mean(0).cpu().numpy()
                      for l in range(lm.n_layers)])
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def footprint(config: Any, prompt_tokens: int, cap: int, dtype: Any = torch.float32, readout_bytes: int = 0) -> Any:
+    """Estimated peak of tracing one prompt (`support.memory`): greedy decoding at batch 1 up to `prompt_tokens` +
+    `cap` tokens, plus the trace's [cap, L, H, d_head] `hook_z` buffer and the readout's weights (`readout_bytes`)."""
+    from .memory import BYTES, Shape, inference_footprint
+
+    s = Shape.from_config(config)
+    z = cap * s.n_layers * s.n_heads * s.d_head * BYTES.get(dtype, 4)
+    return inference_footprint(s, 1, prompt_tokens + cap, dtype, kept=z + readout_bytes,
+                               what=f"traced greedy decoding ({prompt_tokens} + {cap} tokens)")
+
+
+def check_memory(config: Any, prompt_tokens: int, max_new_tokens: int, device: Any, dtype: Any = torch.float32,
+                 readout_bytes: int = 0) -> Any:
+    """Memory guard before tracing (Eq. 1-3 at every step of one greedy decode): returns the footprint, or raises
+    `memory.MemoryBudgetError` naming the `max_new_tokens` that fits."""
+    from .memory import guard
+
+    return guard(lambda n: footprint(config, prompt_tokens, n, dtype, readout_bytes), "max_new_tokens",
+                 max_new_tokens, device)

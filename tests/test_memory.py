@@ -113,3 +113,24 @@ def test_the_chapters_guards_name_their_own_setting():
         rl.check_memory(cfg, 4096, 8, 2048, "cpu")
     with pytest.raises(M.MemoryBudgetError, match="full SFT step .*batch_size="):
         ft.check_memory(cfg, ["base", "full"], 4096, 8192, "fp32", "cpu")
+
+
+def test_tracing_and_circuit_guards_name_their_own_setting(monkeypatch):
+    """Chapters 01 and 03: tracing halves max_new_tokens, EAP-IG halves batch_size (the estimates themselves are
+    measured against peaks by bench/bench_gpu.py: 1.04 traced decoding, 1.11 EAP-IG on Qwen2.5-0.5B)."""
+    from support import circuits as C
+    from support import tracing
+
+    cfg = random_hf_model("qwen2", **SIZES).config
+    t = tracing.footprint(cfg, 100, 256)
+    assert t.parts["kept"] == 256 * 4 * 8 * 32 * 4  # the [cap, L, H, d_head] hook_z buffer, fp32
+    assert tracing.footprint(cfg, 100, 512).total > t.total
+    e1, e4 = C.footprint(cfg, 1, 128), C.footprint(cfg, 4, 128)
+    assert e4.parts["kept"] == 4 * e1.parts["kept"] and e4.parts["weights"] == e1.parts["weights"]
+    assert tracing.check_memory(cfg, 100, 256, "cpu").total == t.total  # fits this machine
+    monkeypatch.setattr(M, "free_bytes", lambda device: int(tracing.footprint(cfg, 100, 64).total / M.HEADROOM) + 1)
+    with pytest.raises(M.MemoryBudgetError, match=r"traced greedy decoding .*max_new_tokens=64 would"):
+        tracing.check_memory(cfg, 100, 1024, "cpu")
+    monkeypatch.setattr(M, "free_bytes", lambda device: int(C.footprint(cfg, 2, 128).total / M.HEADROOM) + 1)
+    with pytest.raises(M.MemoryBudgetError, match=r"EAP-IG batch .*batch_size=2 would"):
+        C.check_memory(cfg, 16, 128, "cpu")
