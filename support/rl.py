@@ -221,7 +221,8 @@ class CreditConfig:
     strategy: a `STRATEGIES` name; q: TopQ fraction (40%); amp: γ_amp (1.5); alpha, k, tau_waad, tau_delta: Eq. 17-18
     (see `gamma_coupled`); window: WAAD window W (10); h_lo, h_hi: FAI horizon H ∈ [10, 50]; group_frac: the fraction
     of heads in each head group of the WAAD/FAI aggregation (0.3, `support.rhythm`); n_layers: attention layers
-    sampled in the middle third (5, Sec. 5.1); chunk: sequences per signal forward pass; seed: random credit's draws.
+    sampled in the middle third (5, Sec. 5.1); chunk: sequences per signal forward pass; seed: random credit's draws
+    (process r of a distributed run draws from seed + r).
     """
 
     strategy: str = "coupled"
@@ -345,6 +346,11 @@ class CreditGRPOTrainer(GRPOTrainer):
     unsqueezes advantages only when they are 1-D, so per-token advantages enter Eq. 12 as they are; the batch dict
     is then shuffled and split along dim 0 (`steps_per_generation`), which (B, T) tensors survive unchanged.
     Strategy ``none`` leaves the batch untouched (exactly GRPO).
+
+    Under data parallelism (``accelerate launch``, DDP) the parent gathers every process's rewards, normalises them
+    per group and returns this process's slice of the advantages with its own completions; γ is computed for, and
+    applied to, exactly that local slice (`tests/test_distributed_rl.py` checks it against one process), and only
+    the logged ``credit/*`` statistics are reduced across processes.
     """
 
     def __init__(self, *args: Any, credit: CreditConfig | None = None, **kwargs: Any) -> None:
@@ -352,8 +358,11 @@ class CreditGRPOTrainer(GRPOTrainer):
         if not isinstance(credit, CreditConfig):
             raise TypeError(f"credit must be a CreditConfig, got {type(credit).__name__}")
         self.credit = credit
-        self._credit_generator = torch.Generator().manual_seed(credit.seed)
         super().__init__(*args, **kwargs)
+        # Random credit's draws: one stream per process (seed + rank, as TRL seeds generation with device_specific),
+        # so that under data parallelism the ranks' slices do not all get the same positions; rank 0 (and a
+        # single-process run) keeps `credit.seed`.
+        self._credit_generator = torch.Generator().manual_seed(credit.seed + self.accelerator.process_index)
 
     def token_signals(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """WAAD, FAI and entropy per completion token, (B, T) each, from one no-grad forward pass of the policy
@@ -699,6 +708,8 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
         t0 = time.perf_counter()
         trainer.train(resume_from_checkpoint=last)
     run = GRPORun(out, credit.strategy, seed, trainer.state.log_history, evals, time.perf_counter() - t0, model)
+    if not trainer.accelerator.is_main_process:  # under `accelerate launch`, one process writes the record
+        return run
     write_json(out / "run.json", {"strategy": credit.strategy, "credit": credit.__dict__, "seed": seed,
                                   "history": run.history, "evals": evals, "seconds": run.seconds,
                                   "resumed_from": last, "started_at_step": held_out.start_step},
