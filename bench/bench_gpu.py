@@ -65,6 +65,8 @@ import sys
 import time
 from pathlib import Path
 
+from support.models import REAL_CONFIGS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -78,14 +80,9 @@ T4_GIB = 16.0
 CONFIGS = {
     "tiny": dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True),
-    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6, hidden_act="silu"),
-    "qwen2.5-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-                         rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6, hidden_act="silu"),
+    **REAL_CONFIGS,  # support.models: the released models' shapes
 }
-REAL = ("qwen2.5-0.5b", "qwen2.5-1.5b")
+REAL = tuple(REAL_CONFIGS)
 #: Work sizes: the full ones (GPU) and `--quick` (CPU: the 0.5B config in a few minutes).
 SIZES = {
     "full": dict(prompt_tokens=128, new_tokens=128, rounds=3, eap_tokens=128, sft_seq_len=512, grad_accum=8,

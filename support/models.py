@@ -269,4 +269,42 @@ def random_hf_model(arch: str = "qwen2", **overrides):
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
 
 
+#: Real-size shapes (the HF configs of the released models, weights random): bench/bench_gpu.py and the real-size test.
+REAL_CONFIGS = {
+    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                         rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6, hidden_act="silu"),
+    "qwen2.5-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+                         rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6, hidden_act="silu"),
+}
+
+
+def save_random_model(out: str | Path, shape: str = "qwen2.5-0.5b", arch: str = "qwen2",
+                      dtype: torch.dtype = torch.bfloat16, words_from: str = "toy-qwen2") -> Path:
+    """A local model directory (`load_model(out)` loads it) of a real-size shape (`REAL_CONFIGS`) with random
+    weights, saved in `dtype`, and the organism's word-level tokenizer, padded with filler words ``w<i>`` to the
+    vocabulary, so that the organism's tasks tokenize as they do for the organism and every sampled id decodes.
+    Offline stand-in for a real checkpoint: same compute and memory, meaningless outputs."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    if shape not in REAL_CONFIGS:
+        raise ParameterError(f"unknown shape {shape!r}; valid choices: {', '.join(REAL_CONFIGS)}")
+    out = Path(out)
+    random_hf_model(arch, **REAL_CONFIGS[shape]).to(dtype).save_pretrained(out)
+    src, dst = ORGANISM_DIR / words_from / TOKENIZER_SUBDIR, out / TOKENIZER_SUBDIR
+    dst.mkdir(parents=True, exist_ok=True)
+    spec = json.loads((src / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab.update({f"w{i}": i for i in range(len(vocab), REAL_CONFIGS[shape]["vocab_size"])})
+    (dst / "tokenizer.json").write_text(json.dumps(spec))
+    for f in src.iterdir():
+        if f.name != "tokenizer.json":
+            (dst / f.name).write_text(f.read_text())
+    AutoTokenizer.from_pretrained(dst)  # fails here, not in a chapter, if the files do not load
+    return out
+
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
