@@ -6,6 +6,12 @@ gradient accumulation 8, bf16 autocast where the hardware supports it (fp16 + lo
 fp32 on CPU). Unstated in App. E, so HF Trainer defaults: weight decay 0, gradient clipping at norm 1.0,
 betas (0.9, 0.999), eps 1e-8. Checkpoints every `save_every` steps (trainable tensors, optimizer state, scheduler,
 RNG states; safetensors + JSON, no pickle) make `train` resumable: re-running with the same `out_dir` continues.
+
+Several processes (`accelerate launch --multi_gpu --num_processes N`, or `torchrun`; on CPU the gloo backend): the
+same `train` wraps the model in DDP through `accelerate` (`_Dist`) and gives every rank a share of each optimizer
+step's micro-batches (`shard_step`), so the data order and the effective batch (batch_size · grad_accum examples per
+step) are those of one process and the result matches it up to float rounding. Rank 0 alone writes checkpoints and
+the final tensors; every rank resumes from them.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -139,6 +146,117 @@ def data_order(n: int, n_needed: int, seed: int) -> list[int]:
     return out[:n_needed]
 
 
+def _n_tokens(examples: Sequence[SFTExample], idx: Sequence[int]) -> int:
+    """Tokens the shifted NLL counts for examples `idx` (labels after the first position that are not -100)."""
+    return sum(sum(t != -100 for t in examples[j].labels[1:]) for j in idx)
+
+
+def check_world(cfg: TrainConfig, world: int) -> None:
+    """`world` processes can share a step when each takes whole micro-batches (grad_accum divisible by `world`)
+    or a slice of every micro-batch (batch_size ≥ `world`)."""
+    if world > 1 and cfg.grad_accum % world and cfg.batch_size < world:
+        raise ValueError(f"{world} processes cannot share a step of grad_accum={cfg.grad_accum} micro-batches of "
+                         f"batch_size={cfg.batch_size}; valid choices: a grad_accum divisible by {world} or a "
+                         f"batch_size ≥ {world}")
+
+
+def shard_step(idx: Sequence[int], examples: Sequence[SFTExample], cfg: TrainConfig, world: int = 1, rank: int = 0
+               ) -> list[tuple[list[int], float]]:
+    """This rank's part of one optimizer step (example indices `idx`, in order): (micro-batch, loss share) pairs.
+
+    One process: the `grad_accum` micro-batches, share 1. With `world` ranks and grad_accum divisible by `world`,
+    each rank takes a contiguous block of whole micro-batches (share 1); otherwise each rank takes a contiguous slice
+    of every micro-batch, weighted by its share of the micro-batch's counted tokens, so that the slices' token-mean
+    losses add up to the micro-batch's. Averaged over ranks (DDP) and scaled by `world`, the gradient is the
+    single-process one."""
+    check_world(cfg, world)
+    b = cfg.batch_size
+    micro = [list(idx[i * b:(i + 1) * b]) for i in range(cfg.grad_accum)]
+    if cfg.grad_accum % world == 0:
+        k = cfg.grad_accum // world
+        return [(m, 1.0) for m in micro[rank * k:(rank + 1) * k]]
+    out = []
+    for m in micro:
+        part = m[rank * len(m) // world:(rank + 1) * len(m) // world]
+        out.append((part, _n_tokens(examples, part) / max(_n_tokens(examples, m), 1)))
+    return out
+
+
+def world_size() -> int:
+    """Processes of the launch this one belongs to (torchrun / `accelerate launch` / MPI environment), 1 if none."""
+    keys = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    return max([int(os.environ.get(k, 1)) for k in keys])
+
+
+def process_rank() -> int:
+    """This process's rank in its launch (torchrun / `accelerate launch` / MPI environment), 0 if none."""
+    keys = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+    return max([int(os.environ.get(k, 0)) for k in keys])
+
+
+#: Sharded launches `train` refuses: it keeps whole parameters on every rank (optimizer, clipping, checkpoints).
+SHARDED = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED",
+           "MEGATRON_LM": "ACCELERATE_USE_MEGATRON_LM"}
+
+
+def check_launch(kind: str = "") -> None:
+    """Refuse a sharded launch (`SHARDED`; on CPU accelerate would silently fall back to DDP) naming the valid one."""
+    kind = kind or next((k for k, env in SHARDED.items() if os.environ.get(env, "false").lower() == "true"), "")
+    if kind in SHARDED:
+        raise ValueError(f"train runs data-parallel only, not under {kind}; valid choices: one process, or "
+                         "`accelerate launch --multi_gpu --num_processes N` (DDP; configs/accelerate/ddp.yaml)")
+
+
+class _Dist:
+    """The processes `train` runs in. One: the model as it is, nothing to synchronise. Several: an `accelerate`
+    Accelerator (gloo on CPU) wraps the model in DDP for the forward/backward (gradients averaged over ranks);
+    `model` stays the unwrapped module whose parameters the optimizer and checkpoints see."""
+
+    def __init__(self, model: nn.Module | None = None, distributed: bool = False):
+        self.model, self.module, self.acc = model, model, None
+        self.world, self.rank = 1, 0
+        if distributed and model is not None:
+            from accelerate import Accelerator
+
+            check_launch()
+            cpu = next(model.parameters()).device.type == "cpu"
+            self.acc = Accelerator(cpu=cpu, mixed_precision="no")  # autocast: TrainConfig.precision, not the launch
+            check_launch(self.acc.distributed_type.value)
+            self.world, self.rank = self.acc.num_processes, self.acc.process_index
+            self.module = self.acc.prepare_model(model)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        if self.acc is not None:
+            return self.acc.device
+        return next(p for p in self.model.parameters() if p.requires_grad).device  # the first trainable one's
+
+    def no_sync(self, sync: bool):
+        """Skip the gradient all-reduce of a backward that is not the step's last on this rank."""
+        return contextlib.nullcontext() if self.acc is None or sync else self.acc.no_sync(self.module)
+
+    def mean(self, x: float) -> float:
+        """`x` averaged over ranks (unchanged in one process)."""
+        if self.acc is None:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        return float(self.acc.reduce(t, "sum")) / self.world
+
+    def clip(self, params: Sequence[nn.Parameter], max_norm: float) -> None:
+        if self.acc is None:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            self.acc.clip_grad_norm_(params, max_norm)
+
+    def barrier(self) -> None:
+        if self.acc is not None:
+            self.acc.wait_for_everyone()
+
+
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: bf16 where supported, fp16 on other GPUs, none (fp32) on CPU, unless asked otherwise."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
@@ -182,6 +300,9 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     With `val_examples` and `cfg.eval_every`, the validation loss is logged every `eval_every` steps and at the end,
     and the model leaves with the trainable state of the lowest one (App. E: best validation loss), also what
     `final.safetensors` holds; `best_step` says which step that was.
+    Under a multi-process launch (`world_size` > 1) every rank calls `train` alike (module docstring): the model
+    goes to the rank's device wrapped in DDP, `callback` runs on every rank with the rank-averaged loss, and only
+    rank 0 writes to `out_dir`.
     """
     cfg.validate()
     params = _trainable(model)
@@ -193,7 +314,9 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     key = run_key(cfg, examples, val_examples if select else None)
     if out is not None and (out / "train_log.json").exists():
         return _load_finished(model, out, key)
-    dev = next(iter(params.values())).device
+    check_world(cfg, world_size())
+    dist = _Dist(model, distributed=world_size() > 1)
+    dev = dist.device
     total = cfg.steps(len(examples))
     per_step = cfg.batch_size * cfg.grad_accum
     order = data_order(len(examples), total * per_step, cfg.seed)
@@ -207,23 +330,23 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     start = 0
     best = _Best()
     if out is not None and (out / "checkpoint" / "latest.json").exists():
-        start, log = load_checkpoint(out, model, opt, sched, scaler, key)
+        start, log = load_checkpoint(out, model, opt, sched, scaler, key, rank=dist.rank)
         best = _Best.load(out / "checkpoint")
     model.train()
-    bar = tqdm(total=total, initial=start, disable=not progress, desc="train", leave=False)
+    bar = tqdm(total=total, initial=start, disable=not progress or not dist.main, desc="train", leave=False)
     try:
         for step in range(start, total):
             loss = _step(model, examples, order[step * per_step:(step + 1) * per_step], cfg, opt, sched, scaler,
-                         amp, pad_id, dev, params)
+                         amp, pad_id, dev, params, dist)
             if (step + 1) % cfg.log_every == 0 or step == 0 or step + 1 == total:
                 log.append({"step": step + 1, "loss": round(loss, 6), "lr": sched.get_last_lr()[0]})
             bar.update(1)
             if select and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
                 best.offer(step + 1, validation_loss(model, val_examples, pad_id, dev, amp), params,
-                           out / "checkpoint" if out is not None else None)
+                           out / "checkpoint" if out is not None and dist.main else None)
                 model.train()
             if out is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-                save_checkpoint(out, model, opt, sched, scaler, key, step + 1, log)
+                save_checkpoint(out, model, opt, sched, scaler, key, step + 1, log, dist)
             if callback is not None:
                 callback(step + 1, loss)
     finally:
@@ -234,28 +357,33 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     res = TrainResult(steps=total, log=log, seconds=time.time() - t0, resumed_from=start,
                       n_trainable=sum(p.numel() for p in params.values()), optimizer_bytes=optimizer_state_bytes(opt),
                       val_log=best.log, best_step=best.step if select else None)
-    if out is not None:
+    if out is not None and dist.main:
         write_tensors(out / "final.safetensors", {n: p for n, p in params.items()}, dict(prov or {}))
         atomic_write_bytes(out / "train_log.json", json.dumps(
             {"config": key, **asdict(res)}, indent=1).encode())
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    dist.barrier()
     return res
 
 
-def _step(model, examples, idx, cfg, opt, sched, scaler, amp, pad_id, dev, params) -> float:
-    """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+def _step(model, examples, idx, cfg, opt, sched, scaler, amp, pad_id, dev, params, dist: _Dist | None = None
+          ) -> float:
+    """One optimizer step over `grad_accum` micro-batches (this rank's share of them, `shard_step`); returns the
+    mean loss (averaged over ranks)."""
+    dist = dist or _Dist(model)
+    parts = shard_step(idx, examples, cfg, dist.world, dist.rank)
     total = 0.0
-    for i in range(cfg.grad_accum):
-        chunk = idx[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+    for i, (chunk, share) in enumerate(parts):
         batch = collate([examples[j] for j in chunk], pad_id, dev)
-        with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
-            loss = model(**batch).loss / cfg.grad_accum
-        (scaler.scale(loss) if scaler else loss).backward()
+        with dist.no_sync(i + 1 == len(parts)):
+            with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+                loss = dist.module(**batch).loss * share * dist.world / cfg.grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
         total += float(loss.detach())
     if scaler is not None:
         scaler.unscale_(opt)
     if cfg.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
+        dist.clip(list(params.values()), cfg.max_grad_norm)
     if scaler is not None:
         scaler.step(opt)
         scaler.update()
@@ -263,7 +391,7 @@ def _step(model, examples, idx, cfg, opt, sched, scaler, amp, pad_id, dev, param
         opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    return total
+    return dist.mean(total)
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -372,15 +500,28 @@ class _Best:
         return cls(int(meta["step"]), float(meta["loss"]), state, log)
 
 
-def save_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any], step: int, log: list[dict]
-                    ) -> Path:
+def save_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any], step: int, log: list[dict],
+                    dist: _Dist | None = None) -> Path:
     """Write `out/checkpoint/step-<k>/` (trainable tensors, optimizer, RNG: safetensors; the rest: JSON), then
-    point `latest.json` at it atomically and delete older checkpoints (at most one kept)."""
+    point `latest.json` at it atomically and delete older checkpoints (at most one kept). Several ranks: each
+    rank k > 0 adds its RNG states (`rng-<k>.safetensors`), rank 0 writes the rest once they are there."""
+    dist = dist or _Dist(model)
     root = out / "checkpoint"
     d = root / f"step-{step}"
     d.mkdir(parents=True, exist_ok=True)
-    opt_t, opt_j = _opt_split(opt)
     rng_t, rng_j = _rng_state()
+    if not dist.main:
+        write_tensors(d / f"rng-{dist.rank}.safetensors", rng_t, rng_j)
+    dist.barrier()
+    if dist.main:
+        _write_checkpoint(root, d, model, opt, sched, scaler, key, step, log, rng_t, rng_j)
+    dist.barrier()
+    return d
+
+
+def _write_checkpoint(root: Path, d: Path, model, opt, sched, scaler, key: Mapping[str, Any], step: int,
+                      log: list[dict], rng_t: Mapping[str, torch.Tensor], rng_j: Mapping[str, Any]) -> None:
+    opt_t, opt_j = _opt_split(opt)
     write_tensors(d / "trainable.safetensors", _trainable(model), {"step": step})
     write_tensors(d / "state.safetensors", {**opt_t, **rng_t}, {"step": step})
     state = {"step": step, "config": dict(key), "optimizer": opt_j, "scheduler": sched.state_dict(),
@@ -390,7 +531,6 @@ def save_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any]
     for old in root.glob("step-*"):
         if old != d:
             shutil.rmtree(old, ignore_errors=True)
-    return d
 
 
 def _check_config(saved: Mapping[str, Any], key: Mapping[str, Any], where: Path) -> None:
@@ -413,8 +553,10 @@ def _load_params(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: P
             p.copy_(tensors[n])
 
 
-def load_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any]) -> tuple[int, list[dict]]:
-    """Restore trainable tensors, optimizer, scheduler, scaler and RNG states; returns (step, log)."""
+def load_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any], rank: int = 0
+                    ) -> tuple[int, list[dict]]:
+    """Restore trainable tensors, optimizer, scheduler, scaler and RNG states (`rank`'s own when the checkpoint
+    has them, else rank 0's); returns (step, log)."""
     root = out / "checkpoint"
     d = root / json.loads((root / "latest.json").read_text())["dir"]
     state = json.loads((d / "state.json").read_text())
@@ -425,7 +567,8 @@ def load_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any]
     sched.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    _set_rng_state(tensors, state["rng"])
+    own = d / f"rng-{rank}.safetensors"
+    _set_rng_state(*(read_tensors(own) if rank and own.exists() else (tensors, state["rng"])))
     return int(state["step"]), list(state["log"])
 
 
