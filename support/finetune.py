@@ -480,7 +480,7 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
                template: str = "model", max_new_tokens: int = 256,
                lora_r: int = 8, lora_alpha: int = 16, ppl_texts: Sequence[Any] | None = None,
                keep: bool = False, eval_batch_size: int = 64, gqa_policy: str = "ungrouped",
-               val_items: Sequence[Any] | None = None) -> tuple[dict, nn.Module | None]:
+               val_items: Sequence[Any] | None = None, evaluate: bool = True) -> tuple[dict, nn.Module | None]:
     """Train one regime from a fresh copy of the model, save what it trained, evaluate it: (result row, model).
 
     A finished run in `out` is reloaded instead of retrained (`support.training.train`). The row holds accuracy,
@@ -490,11 +490,13 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     `ppl_texts`, perplexity (`evaluation.perplexity`: texts, or prompt-masked examples). The policy is saved in the
     provenance, so `load_run` rebuilds the same model.
     `keep=True` returns the model too, with SHFT deltas merged (tracing reads W_O from the weights).
+    Under a multi-process launch every rank trains (`support.training.train`: DDP) and only rank 0 writes the
+    adapter; `evaluate=False` (the other ranks) skips the evaluation and leaves its columns None.
     """
     from .artifacts import write_tensors
     from .evaluation import evaluate_mc, perplexity
     from .models import load_plain
-    from .training import build_dataset, train
+    from .training import build_dataset, process_rank, train
 
     check_regime(regime)
     check_gqa_policy(gqa_policy)
@@ -512,10 +514,11 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     res = train(hf, build_dataset(train_items, tok, cfg.max_length, template), cfg,
                 out_dir=out if n_trainable else None, prov=prov, val_examples=val)
     state = prep.trainable_state()
-    if state:
+    if state and process_rank() == 0:
         write_tensors(Path(out) / "adapter.safetensors", state, prov)
     model = prep.finish()
-    ev = evaluate_mc(model, tok, eval_items, template, max_new_tokens, batch_size=eval_batch_size)
+    ev = (evaluate_mc(model, tok, eval_items, template, max_new_tokens, batch_size=eval_batch_size) if evaluate
+          else dict.fromkeys(("acc", "rec", "f1", "n_invalid")))
     row = {"regime": REGIME_LABELS[regime], "key": regime, "seed": cfg.seed, "M": len(prep.heads) or None,
            "trainable": n_trainable, "gqa policy": prep.gqa_policy, "siblings trained": len(prep.siblings),
            "acc": ev["acc"], "rec": ev["rec"], "f1": ev["f1"], "invalid": ev["n_invalid"],
@@ -523,7 +526,7 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
            "best val loss": min((r["val_loss"] for r in res.val_log), default=None),
            "train s": round(res.seconds, 1)}
     if ppl_texts is not None:
-        row["ppl"] = perplexity(model, tok, ppl_texts, cfg.max_length)
+        row["ppl"] = perplexity(model, tok, ppl_texts, cfg.max_length) if evaluate else None
     if not keep:
         return row, None
     if prep.shft is not None:
@@ -567,3 +570,59 @@ def load_run(model_name: str, out: Path | str, expect_model: Mapping[str, Any] |
     if ungroup_all:
         ungroup_layers(model)
     return model, tok, prov
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m support.finetune` (or `accelerate launch -m support.finetune` on several GPUs): one regime of
+    chapter 04 trained with App. E's recipe and evaluated, into `--out` (resumable; a finished run is reused)."""
+    import argparse
+
+    from .artifacts import provenance
+    from .heads import load_head_set
+    from .scoring import family
+    from .tasks import DATASETS, load_task
+    from .training import PRECISIONS, TrainConfig, process_rank
+
+    ap = argparse.ArgumentParser(prog="python -m support.finetune", description=main.__doc__)
+    ap.add_argument("--model", required=True, help="toy name, local directory or hub name")
+    ap.add_argument("--task", required=True, choices=sorted(DATASETS))
+    ap.add_argument("--regime", required=True, choices=list(REGIMES))
+    ap.add_argument("--heads", type=Path, help="head set JSON (chapter 02's head_sets/<kind>.json): wh, sh, random")
+    ap.add_argument("--gqa-policy", default="ungrouped", choices=list(GQA_POLICIES))
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--epochs", type=float, default=10.0)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=1, help="per optimizer micro-batch, over all processes")
+    ap.add_argument("--grad-accum", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--precision", default="auto", choices=list(PRECISIONS))
+    ap.add_argument("--save-every", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-train", type=int, default=500)
+    ap.add_argument("--n-eval", type=int, default=200)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--template", default="model")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    if (a.regime in HEAD_REGIMES) != (a.heads is not None):
+        ap.error(f"--heads is needed by the head regimes ({', '.join(HEAD_REGIMES)}) and only by them")
+    heads = load_head_set(a.heads, None).heads if a.heads else None  # provenance: the run records the heads
+    cfg = TrainConfig(lr=a.lr, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
+                      grad_accum=a.grad_accum, max_length=a.max_length, seed=a.seed, save_every=a.save_every,
+                      precision=a.precision).validate()
+    train_items = [it for it in load_task(a.task, "train", a.n_train).items if family(it) == "letter"]
+    eval_items = [it for it in load_task(a.task, "test", a.n_eval).items if family(it) == "letter"]
+    if not train_items or not eval_items:
+        ap.error(f"task {a.task!r} has no multiple-choice items: chapter 04's regimes train letter answers")
+    prov = provenance({"name": a.model}, a.task, [str(it.id) for it in train_items],
+                      {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()})
+    row, _ = run_regime(a.model, a.regime, train_items, eval_items, cfg, a.out, prov, heads, template=a.template,
+                        max_new_tokens=a.max_new_tokens, gqa_policy=a.gqa_policy, evaluate=process_rank() == 0)
+    if process_rank() == 0:
+        print(f"{row['regime']}: accuracy {row['acc']:.3f}, final loss {row['final loss']:.4f}, "
+              f"{row['trainable']:,} trainable parameters, {row['train s']} s; {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -603,3 +603,24 @@ def test_perplexity_of_prompt_masked_examples_counts_the_response_only():
     assert n < sum(len(e.input_ids) - 1 for e in examples)  # the prompts are left out
     assert ev.perplexity(model, tok, examples, batch_size=2) == pytest.approx(math.exp(nll / n), rel=1e-4)
     assert ev.perplexity(model, tok, [it.text for it in items]) != pytest.approx(math.exp(nll / n), rel=1e-2)
+
+
+def test_the_command_line_trains_one_regime_and_refuses_bad_input(tmp_path, capsys):
+    """`python -m support.finetune` (what `accelerate launch -m support.finetune` runs on several GPUs): one head
+    regime, trained and evaluated, with its run folder; a head regime without heads and a bad regime fail first."""
+    from support.finetune import main
+    from support.heads import HeadSet, write_head_set
+
+    hs = write_head_set(tmp_path / "wavering.json", HeadSet(kind="wavering", heads=[(0, 1), (3, 2)], n_layers=8,
+                                                            n_heads=8), {"model": {"name": "toy-qwen2"}})
+    args = ["--model", "toy-qwen2", "--task", "toy_mc4_lb", "--max-steps", "2", "--batch-size", "2", "--grad-accum",
+            "1", "--lr", "1e-3", "--n-train", "8", "--n-eval", "4", "--max-new-tokens", "8", "--template", "organism"]
+    assert main(args + ["--regime", "wh", "--heads", str(hs), "--out", str(tmp_path / "wh")]) == 0
+    assert "WH-only: accuracy" in capsys.readouterr().out
+    made = {p.name for p in (tmp_path / "wh").iterdir()}
+    assert {"final.safetensors", "adapter.safetensors", "train_log.json"} <= made
+    with pytest.raises(SystemExit):
+        main(args + ["--regime", "wh", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):
+        main(args + ["--regime", "everything", "--out", str(tmp_path / "y")])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
