@@ -317,9 +317,8 @@ def train_worker(args) -> dict:
 def grpo_worker(args) -> dict:
     """bench_rl's timing worker (credit and plain GRPO steps, interleaved) on this config, with a peak-memory meter
     around each step: from `training_step` through `optimizer.step`."""
-    import torch
+    from transformers import AutoConfig
 
-    from support import memory as M
     from support import rhythm, rl
 
     warm_up(args)
@@ -366,14 +365,12 @@ def grpo_worker(args) -> dict:
                 if getattr(mod, k, None) is not v:
                     setattr(mod, k, v)
     t = json.loads(buf.getvalue().strip().splitlines()[-1])
-    s = model_shape(args.config)
     B, N = z["grpo_prompts"] * z["grpo_generations"], t["prompt_tokens"] + z["grpo_completion_len"]
-    c = rl.CreditConfig()
-    chunk = min(c.chunk, B)
-    plain = M.train_footprint(s, s.n_params, B, N, "fp32", checkpointing=bool(t["gradient_checkpointing"]))
-    maps = chunk * len(rhythm.rl_layers(s.n_layers, c.n_layers)) * s.n_heads * N * N * 4
-    credit_pass = M.inference_footprint(s, chunk, N, torch.float32, kept=maps + chunk * N * s.vocab * 4).total
-    credit = max(plain.total, credit_pass + 8 * s.n_params)  # + AdamW's moments, alive from the first step on
+    c, cfg = rl.CreditConfig(), AutoConfig.for_model("qwen2", **CONFIGS[args.config])
+    gc = bool(t["gradient_checkpointing"])
+    plain = rl.footprint(cfg, z["grpo_prompts"], z["grpo_generations"], N, credit=False, gradient_checkpointing=gc)
+    credit = rl.footprint(cfg, z["grpo_prompts"], z["grpo_generations"], N, credit=True, n_layers=c.n_layers,
+                          chunk=c.chunk, gradient_checkpointing=gc).total  # chapter 05's guard
     return {"batch": B, "prompt_tokens": t["prompt_tokens"], "completion_tokens": z["grpo_completion_len"],
             "attn": t["attn"], "gradient_checkpointing": t["gradient_checkpointing"],
             "plain_step_seconds": t["plain_step_seconds"], "credit_step_seconds": t["credit_step_seconds"],

@@ -88,22 +88,29 @@ def check_regime(regime: str) -> str:
     return regime
 
 
-def check_memory(config: Any, regimes: Sequence[str], batch_size: int, seq_len: int, precision: str,
-                 device: torch.device | str, n_trainable: int = 0) -> Any:
-    """Memory guard (`support.memory`) before any regime trains: one optimizer step of the hungriest regime in
-    `regimes` (full SFT trains every parameter; the head and LoRA regimes `n_trainable`, with the same activations),
-    fp32 masters under `precision`'s autocast, `batch_size` sequences of `seq_len` tokens. Returns the footprint,
-    or raises `memory.MemoryBudgetError` naming the batch size that fits."""
-    from .memory import Shape, guard, train_footprint
-    from .training import amp_dtype
+def footprint(config: Any, regimes: Sequence[str], batch_size: int, seq_len: int, act: str = "fp32",
+              n_trainable: int = 0) -> Any:
+    """Estimated peak of one optimizer step of the hungriest regime in `regimes` (`support.memory`): full SFT trains
+    every parameter, the head and LoRA regimes `n_trainable`, with the same activations; fp32 masters, activations
+    at `act` (fp32, bf16, fp16), `batch_size` sequences of `seq_len` tokens."""
+    from .memory import Shape, train_footprint
 
     s = Shape.from_config(config)
+    full = "full" in regimes
+    what = f"{'full SFT' if full else 'fine-tuning'} step ({act} activations, fp32 masters)"
+    return train_footprint(s, s.n_params if full else n_trainable, batch_size, seq_len, act, what=what)
+
+
+def check_memory(config: Any, regimes: Sequence[str], batch_size: int, seq_len: int, precision: str,
+                 device: torch.device | str, n_trainable: int = 0) -> Any:
+    """Memory guard before any regime trains: `footprint` under `precision`'s autocast on `device`. Returns the
+    footprint, or raises `memory.MemoryBudgetError` naming the batch size that fits."""
+    from .memory import guard
+    from .training import amp_dtype
+
     amp = amp_dtype(precision, torch.device(device))
     act = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
-    full = "full" in regimes
-    trainable = s.n_params if full else n_trainable
-    what = f"{'full SFT' if full else 'fine-tuning'} step ({act} activations, fp32 masters)"
-    return guard(lambda b: train_footprint(s, trainable, b, seq_len, act, what=what), "batch_size", batch_size,
+    return guard(lambda b: footprint(config, regimes, b, seq_len, act, n_trainable), "batch_size", batch_size,
                  device)
 
 

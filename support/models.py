@@ -279,6 +279,39 @@ REAL_CONFIGS = {
                          rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6, hidden_act="silu"),
 }
 
+_QWEN3 = dict(vocab_size=151936, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6, hidden_act="silu")
+#: The real profiles' models by hub name: (architecture, config overrides) from each model's published config.json,
+#: so that their memory can be planned offline (`support.run --memory`). The R1 distill is counted with untied
+#: embeddings (the larger case).
+MODEL_SHAPES = {
+    "Qwen/Qwen2.5-0.5B-Instruct": ("qwen2", REAL_CONFIGS["qwen2.5-0.5b"]),
+    "Qwen/Qwen2.5-0.5B": ("qwen2", REAL_CONFIGS["qwen2.5-0.5b"]),
+    "Qwen/Qwen2.5-Math-1.5B-Instruct": ("qwen2", REAL_CONFIGS["qwen2.5-1.5b"]),
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": ("qwen2", {**REAL_CONFIGS["qwen2.5-1.5b"],
+                                                            "tie_word_embeddings": False}),
+    "Qwen/Qwen3-0.6B": ("qwen3", dict(_QWEN3, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                                      num_attention_heads=16, tie_word_embeddings=True)),
+    "Qwen/Qwen3-4B-Base": ("qwen3", dict(_QWEN3, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                                         num_attention_heads=32, tie_word_embeddings=True)),
+    "Qwen/Qwen3-8B": ("qwen3", dict(_QWEN3, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                                    num_attention_heads=32, tie_word_embeddings=False)),
+    "Qwen/Qwen3-8B-Base": ("qwen3", dict(_QWEN3, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                                         num_attention_heads=32, tie_word_embeddings=False)),
+    "meta-llama/Llama-2-7b-chat-hf": ("llama", dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                                                    num_hidden_layers=32, num_attention_heads=32,
+                                                    num_key_value_heads=32, tie_word_embeddings=False)),
+}
+
+
+def model_config(name: str) -> Any:
+    """The HF config of a `MODEL_SHAPES` model, built offline (no weights, no download)."""
+    from transformers import AutoConfig
+
+    if name not in MODEL_SHAPES:
+        raise UnknownModelError(f"no offline shape for {name!r}; valid choices: {', '.join(MODEL_SHAPES)}")
+    arch, cfg = MODEL_SHAPES[name]
+    return AutoConfig.for_model(arch, **cfg)
+
 
 def save_random_model(out: str | Path, shape: str = "qwen2.5-0.5b", arch: str = "qwen2",
                       dtype: torch.dtype = torch.bfloat16, words_from: str = "toy-qwen2") -> Path:

@@ -467,30 +467,52 @@ def reward_function(family: str) -> Callable[..., list[float]]:
 # ----------------------------------------------------------------------------------------------- config
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's, see grpo_config
 
-def check_memory(config: Any, prompts_per_step: int, num_generations: int, seq_len: int, device: Any,
-                 credit: bool = True, n_layers: int = 5, chunk: int = 8, gradient_checkpointing: bool = True) -> Any:
-    """Memory guard (`support.memory`) before GRPO: one step of `grpo_config`'s setting (fp32 policy, every
-    parameter trained, P·G sequences of `seq_len` tokens in one batch, SDPA attention, gradient checkpointing unless
-    switched off)
-    plus, with attention credit, the `n_layers` attention maps of one `chunk` of the credit pass. Returns the
-    footprint, or raises `memory.MemoryBudgetError` naming the `prompts_per_step` that fits."""
-    from .memory import Shape, guard, train_footprint
+def footprint(config: Any, prompts_per_step: int, num_generations: int, seq_len: int, credit: bool = True,
+              n_layers: int = 5, chunk: int = 8, gradient_checkpointing: bool = True,
+              micro_batch: int | None = None) -> Any:
+    """Estimated peak of one GRPO step of `grpo_config`'s setting (`support.memory`), the larger of its two phases:
+
+    - the training pass: fp32 policy, every parameter trained (gradients, AdamW), P·G sequences of `seq_len` tokens
+      (or `micro_batch` of them per forward/backward), SDPA attention, gradient checkpointing unless switched off;
+    - with attention credit, the no-grad credit pass over one `chunk` of completions: its eager attention maps on
+      `n_layers` layers and its fp32 full-vocabulary logits (the token entropy), while AdamW's moments stay alive.
+    """
+    from .memory import Footprint, Shape, inference_footprint, train_footprint
 
     s = Shape.from_config(config)
-    def step(p: int):
-        maps = min(chunk, p * num_generations) * n_layers * s.n_heads * seq_len ** 2 * 4 if credit else 0
-        return train_footprint(s, s.n_params, p * num_generations, seq_len, "fp32",
-                               checkpointing=gradient_checkpointing, eager=False, kept=maps,
-                               what=f"GRPO step ({p}×{num_generations} completions)")
+    n = micro_batch or prompts_per_step * num_generations
+    per = f", {n} per pass" if micro_batch else ""
+    step = train_footprint(s, s.n_params, n, seq_len, "fp32", checkpointing=gradient_checkpointing, eager=False,
+                           what=f"GRPO step ({prompts_per_step}×{num_generations} completions{per})")
+    if not credit:
+        return step
+    c = min(chunk, prompts_per_step * num_generations)
+    maps = c * min(n_layers, s.n_layers) * s.n_heads * seq_len ** 2 * 4
+    inf = inference_footprint(s, c, seq_len, torch.float32, kept=maps + c * seq_len * s.vocab * 4)
+    pass_ = Footprint(f"GRPO credit pass ({c} completions of {seq_len} tokens)",
+                      {**inf.parts, "optimizer": 8 * s.n_params})
+    return max(step, pass_, key=lambda f: f.total)
 
-    return guard(step, "prompts_per_step", prompts_per_step, device)
+
+def check_memory(config: Any, prompts_per_step: int, num_generations: int, seq_len: int, device: Any,
+                 credit: bool = True, n_layers: int = 5, chunk: int = 8, gradient_checkpointing: bool = True,
+                 micro_batch: int | None = None) -> Any:
+    """Memory guard before GRPO: `footprint` against `device`. Returns the footprint, or raises
+    `memory.MemoryBudgetError` naming the `prompts_per_step` (or, when given, the `micro_batch`) that fits."""
+    from .memory import guard
+
+    if micro_batch:
+        return guard(lambda m: footprint(config, prompts_per_step, num_generations, seq_len, credit, n_layers, chunk,
+                                         gradient_checkpointing, m), "micro_batch", micro_batch, device)
+    return guard(lambda p: footprint(config, p, num_generations, seq_len, credit, n_layers, chunk,
+                                     gradient_checkpointing), "prompts_per_step", prompts_per_step, device)
 
 
 def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_step: int = 16, num_generations: int = 8,
                 max_completion_length: int = 48, learning_rate: float = 1e-4, loss_type: str = "grpo",
                 temperature: float = 1.0, beta: float = 0.0, steps_per_generation: int | None = None,
                 save_steps: int | None = None, logging_steps: int = 10, seed: int = 0,
-                gradient_checkpointing: bool = True, **overrides: Any) -> GRPOConfig:
+                gradient_checkpointing: bool = True, micro_batch: int | None = None, **overrides: Any) -> GRPOConfig:
     """A `trl.GRPOConfig` with the measured toy/CPU defaults (notes/grpo-on-the-organism.md; paper Sec. 5.3.1).
 
     One step sees `prompts_per_step` prompts × `num_generations` completions; temperature 1.0, no KL (beta 0) and no
@@ -500,6 +522,9 @@ def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_ste
     generation batch for several optimizer steps (the paper: 512 rollouts, 16 micro-batch steps each).
     `gradient_checkpointing` (TRL's default, on) trades a second forward pass in the backward for activation memory;
     a model as small as the organism fits without it and trains ~7% faster (12 steps: 69 s against 75 s, 2 threads).
+    `micro_batch` (a divisor of P·G) runs the step's forward/backward passes on that many completions at a time
+    (TRL's gradient accumulation) while one optimizer step still sees all P·G completions, generated at once: the
+    full-vocabulary fp32 logits of 64 long completions alone outgrow a 16 GB card (`support.run --memory`).
 
     `loss_type` (TRL's aggregation of per-token losses; all accept (B, T) advantages):
     ``"grpo"`` (default; per-sequence mean, then batch mean, as Eq. 5/12's 1/|o| Σ_t), ``"dr_grpo"`` (sum over a
@@ -517,8 +542,16 @@ def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_ste
     )
     if save_steps:
         cfg["save_steps"] = save_steps
-    if steps_per_generation is not None:
-        cfg["steps_per_generation"] = steps_per_generation
+    n = prompts_per_step * num_generations
+    accum = 1
+    if micro_batch is not None:
+        if micro_batch < 1 or n % micro_batch:
+            raise ParameterError(f"micro_batch={micro_batch!r} must divide the {n} completions of a step; valid "
+                                 f"choices: {', '.join(str(d) for d in range(1, n + 1) if n % d == 0)}")
+        accum = n // micro_batch
+        cfg |= {"per_device_train_batch_size": micro_batch, "gradient_accumulation_steps": accum}
+    if steps_per_generation is not None or accum > 1:  # TRL: generation batch = per-device batch × this
+        cfg["steps_per_generation"] = (steps_per_generation or 1) * accum
     cfg.update(overrides)
     return GRPOConfig(**cfg)
 

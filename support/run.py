@@ -97,6 +97,70 @@ def plan(profile: str, selected: list[str] | None, overrides: dict[str, Any], ru
     return out
 
 
+#: GPU memory of the cards the real profiles target (GiB) and the activation dtype chapters pick there.
+CARDS = {"colab-t4": (16.0, "fp16"), "a100": (80.0, "bf16")}
+#: Prompt tokens assumed where the dataset decides (a long AQUA-RAT, ARC or AIME prompt in a chat template).
+PLAN_PROMPT_TOKENS = 512
+
+
+def notebook_defaults(chapter: str) -> dict[str, Any]:
+    """The values a chapter's `parameters` cell assigns (its `ci` values), read without running it."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / f"{chapter}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {t.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
+            if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def memory_plan(profile: str) -> list[dict[str, Any]]:
+    """The heavy step of each model-running chapter under `profile` (`CARDS`), estimated from the model's shape
+    (`models.MODEL_SHAPES`) with the chapters' own guards' estimates: tracing (01), one EAP-IG batch (03), one full-SFT
+    step (04), one attention-credit GRPO step (05). A row fits when the estimate stays under the guard's share of the
+    card (`memory.HEADROOM`); prompts are taken as `PLAN_PROMPT_TOKENS` tokens."""
+    from . import circuits, finetune, rl, tracing
+    from .memory import HEADROOM, GiB
+    from .models import model_config
+
+    if profile not in CARDS:
+        raise ParameterError(f"no card for profile {profile!r}; valid choices: {', '.join(CARDS)}")
+    card, act = CARDS[profile]
+    dtype = {"fp16": torch_dtype("float16"), "bf16": torch_dtype("bfloat16")}[act]
+    P = PLAN_PROMPT_TOKENS
+    rows = []
+    for ch, params in plan(profile, None, {}, None):
+        v = notebook_defaults(ch) | params
+        if ch == "01_tracing":
+            fp = tracing.footprint(model_config(v["model_name"]), P, v["max_new_tokens"], dtype)
+            setting = f"1 prompt of {P} + {v['max_new_tokens']} tokens"
+        elif ch == "03_circuits":
+            fp = circuits.footprint(model_config(v["model_name"]), v["batch_size"], P, dtype)
+            setting = f"batch_size {v['batch_size']} × {P} tokens"
+        elif ch == "04_selective_sft":
+            fp = finetune.footprint(model_config(v["model_name"]), ["full"], v["batch_size"], v["max_length"], act)
+            setting = f"full SFT, batch_size {v['batch_size']} × {v['max_length']} tokens, {act} autocast"
+        elif ch == "05_attention_credit_rl":
+            fp = rl.footprint(model_config(v["model_name"]), v["prompts_per_step"], v["num_generations"],
+                              P + v["max_new_tokens"], gradient_checkpointing=v["gradient_checkpointing"],
+                              micro_batch=v["micro_batch"] or None, chunk=v["credit_chunk"])
+            setting = (f"{v['prompts_per_step']}×{v['num_generations']} completions of {P} + {v['max_new_tokens']} "
+                       f"tokens, {v['micro_batch'] or 'all'} per pass")
+        else:
+            continue
+        rows.append({"chapter": ch, "model": v["model_name"], "step": fp.what, "setting": setting,
+                     "estimate GiB": round(fp.total / GiB, 2), "card GiB": card,
+                     "fits": fp.total <= HEADROOM * card * GiB})
+    return rows
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
 def execute(chapter: str, params: dict[str, Any], out_dir: Path = OUT_DIR) -> Outcome:
     """Run one chapter with papermill; on failure keep the partial notebook and name the failing cell."""
     import papermill as pm
@@ -143,12 +207,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", help="run directory for artifacts (default: runs/<profile>)")
     ap.add_argument("--out", type=Path, default=OUT_DIR, help="where executed notebooks go")
     ap.add_argument("--list", action="store_true", help="list profiles, chapters and parameters, then exit")
+    ap.add_argument("--memory", action="store_true",
+                    help="estimate each chapter's heavy step under --profile against its card, then exit")
     args = ap.parse_args(argv)
     if args.list:
         for name, prof in profiles().items():
             print(f"profile {name}: {prof.get('description', '')}")
         for ch in chapters():
             print(f"chapter {ch}: {sorted(SCHEMA.get(ch, {}))}")
+        return 0
+    if args.memory:
+        try:
+            rows = memory_plan(args.profile)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for r in rows:
+            print(f"{r['chapter']:<24}{r['model']:<44}{r['estimate GiB']:>8.2f} of {r['card GiB']:g} GiB  "
+                  f"{'fits' if r['fits'] else 'DOES NOT FIT'}  ({r['setting']})")
         return 0
     try:
         todo = plan(args.profile, args.chapters, {k: parse_value(v) for k, v in args.param}, args.run_dir)

@@ -411,3 +411,39 @@ def test_gradient_checkpointing_is_on_by_default_and_its_memory_is_counted(tmp_p
     on, off = (rl.check_memory(model.config, 8, 8, 256, "cpu", gradient_checkpointing=g) for g in (True, False))
     assert off.parts["activations"] > on.parts["activations"]
     assert off.parts["weights"] == on.parts["weights"]
+
+
+def test_micro_batches_give_the_one_pass_gradient(tiny, tmp_path):
+    """`micro_batch` splits a step's forward/backward (TRL's gradient accumulation) without changing the step: the
+    same generations, the same accumulated gradient as one pass over all P·G completions; a non-divisor is refused."""
+    from transformers import TrainerCallback
+
+    from support.rl import CreditGRPOTrainer, grpo_config
+
+    class Grads(TrainerCallback):
+        def __init__(self):
+            self.seen = []
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            self.seen.append([p.grad.detach().clone() for p in model.parameters() if p.grad is not None])
+
+    tok, ds, model = tiny
+    grads = {}
+    for micro in (None, 4, 2):
+        args = grpo_config(tmp_path / str(micro), max_steps=1, prompts_per_step=2, num_generations=4,
+                           max_completion_length=12, logging_steps=1, seed=0, micro_batch=micro,
+                           max_grad_norm=0.0)  # unclipped: a wrongly scaled gradient must show
+        assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 8
+        torch.manual_seed(0)
+        cb = Grads()
+        t = CreditGRPOTrainer(model=model(), reward_funcs=varied_reward, args=args, train_dataset=ds,
+                              processing_class=tok, callbacks=[cb],
+                              credit=CreditConfig(strategy="coupled", window=3, h_lo=1, h_hi=4, n_layers=2))
+        t.train()
+        grads[micro] = cb.seen[0]
+    for micro in (4, 2):
+        assert len(grads[micro]) == len(grads[None])
+        for a, b in zip(grads[None], grads[micro]):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7), (micro, (a - b).abs().max())
+    with pytest.raises(ParameterError, match="micro_batch=3 must divide the 8 completions.*1, 2, 4, 8"):
+        grpo_config(tmp_path, prompts_per_step=2, num_generations=4, micro_batch=3)

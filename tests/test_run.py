@@ -131,3 +131,18 @@ def test_chapter_03_runs_after_chapter_05_but_keeps_its_book_place():
 def test_chapters_03_and_06_bad_values_fail_before_running(chapter, name, value, msg):
     with pytest.raises(ValueError, match=msg):
         run.plan("ci", [chapter], {name: value}, None)
+
+
+def test_memory_plan_fits_the_colab_t4_and_names_what_does_not_fit_an_a100(capsys):
+    """`python -m support.run --memory`: each model-running chapter's heavy step under a real profile, estimated from
+    the model's shape (offline) with the chapters' own guards; the colab-t4 profile must fit a 16 GB T4."""
+    t4 = run.memory_plan("colab-t4")
+    assert {r["chapter"] for r in t4} == {"01_tracing", "03_circuits", "04_selective_sft", "05_attention_credit_rl"}
+    assert all(r["fits"] for r in t4), [r for r in t4 if not r["fits"]]
+    a100 = {r["chapter"]: r for r in run.memory_plan("a100")}
+    assert not a100["04_selective_sft"]["fits"]  # full SFT of Qwen3-8B: ~128 GB of AdamW state (issue 17: sharding)
+    assert a100["05_attention_credit_rl"]["fits"] and a100["01_tracing"]["fits"]
+    assert run.main(["--profile", "colab-t4", "--memory"]) == 0
+    assert "05_attention_credit_rl" in capsys.readouterr().out
+    assert run.main(["--profile", "ci", "--memory"]) == 2
+    assert "no card for profile 'ci'; valid choices: colab-t4, a100" in capsys.readouterr().err
