@@ -820,6 +820,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=1, help="sampled completions per held-out item")
     ap.add_argument("--mask-truncated", action="store_true",
                     help="leave completions cut at --max-new-tokens out of the loss (TRL mask_truncated_completions)")
+    ap.add_argument("--micro-batch", type=int, default=None,
+                    help="completions per forward/backward within a step (a divisor of prompts × generations)")
+    ap.add_argument("--credit-chunk", type=int, default=8, help="completions per no-grad credit pass")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=20000)
@@ -832,13 +835,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    credit = CreditConfig(strategy=a.strategy, q=a.q, seed=a.seed)  # validated before anything loads
+    credit = CreditConfig(strategy=a.strategy, q=a.q, seed=a.seed, chunk=a.credit_chunk)  # checked before loading
+    grpo_config(a.out, prompts_per_step=a.prompts_per_step, num_generations=a.num_generations,
+                micro_batch=a.micro_batch)  # a micro_batch that does not divide the step fails here, not after loading
     train, test = load_task(a.task, "train", a.n_train).items, load_task(a.task, "test", a.n_eval).items
     run = train_grpo(a.model, train, test, a.out, credit=credit, steps=a.steps, prompts_per_step=a.prompts_per_step,
                      num_generations=a.num_generations, max_completion_length=a.max_new_tokens, learning_rate=a.lr,
                      seed=a.seed, eval_every=a.eval_every, save_steps=a.save_every, resume=a.resume,
                      template=a.template, loss_type=a.loss_type, temperature=a.temperature,
                      eval_samples=a.eval_samples, mask_truncated_completions=a.mask_truncated,
+                     micro_batch=a.micro_batch,
                      provenance=provenance({"name": a.model}, a.task,
                                            [str(getattr(it, "id", i)) for i, it in enumerate(train)],
                                            vars(a) | {"out": str(a.out)}))

@@ -350,6 +350,8 @@ def test_command_line_refuses_bad_input_before_loading(tmp_path, capsys):
     assert "dr_grpo" in capsys.readouterr().err
     with pytest.raises(ParameterError, match=r"q=2"):
         main(base + ["--q", "2"])
+    with pytest.raises(ParameterError, match=r"micro_batch=5 must divide the 128 completions"):
+        main(base + ["--micro-batch", "5"])
     assert not (tmp_path / "r").exists()
 
 
