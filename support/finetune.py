@@ -487,7 +487,7 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
                template: str = "model", max_new_tokens: int = 256,
                lora_r: int = 8, lora_alpha: int = 16, ppl_texts: Sequence[Any] | None = None,
                keep: bool = False, eval_batch_size: int = 64, gqa_policy: str = "ungrouped",
-               val_items: Sequence[Any] | None = None, evaluate: bool = True) -> tuple[dict, nn.Module | None]:
+               val_items: Sequence[Any] | None = None) -> tuple[dict, nn.Module | None]:
     """Train one regime from a fresh copy of the model, save what it trained, evaluate it: (result row, model).
 
     A finished run in `out` is reloaded instead of retrained (`support.training.train`). The row holds accuracy,
@@ -497,8 +497,8 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     `ppl_texts`, perplexity (`evaluation.perplexity`: texts, or prompt-masked examples). The policy is saved in the
     provenance, so `load_run` rebuilds the same model.
     `keep=True` returns the model too, with SHFT deltas merged (tracing reads W_O from the weights).
-    Under a multi-process launch every rank trains (`support.training.train`: DDP) and only rank 0 writes the
-    adapter; `evaluate=False` (the other ranks) skips the evaluation and leaves its columns None.
+    Under a multi-process launch every rank trains (`support.training.train`: DDP); only rank 0 writes the adapter
+    and evaluates (the other ranks' rows leave the evaluation columns None).
     """
     from .artifacts import write_tensors
     from .evaluation import evaluate_mc, perplexity
@@ -521,7 +521,8 @@ def run_regime(model_name: str, regime: str, train_items: Sequence[Any], eval_it
     res = train(hf, build_dataset(train_items, tok, cfg.max_length, template), cfg,
                 out_dir=out if n_trainable else None, prov=prov, val_examples=val)
     state = prep.trainable_state()
-    if state and process_rank() == 0:
+    evaluate = process_rank() == 0
+    if state and evaluate:
         write_tensors(Path(out) / "adapter.safetensors", state, prov)
     model = prep.finish()
     ev = (evaluate_mc(model, tok, eval_items, template, max_new_tokens, batch_size=eval_batch_size) if evaluate
@@ -624,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prov = provenance({"name": a.model}, a.task, [str(it.id) for it in train_items],
                       {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()})
     row, _ = run_regime(a.model, a.regime, train_items, eval_items, cfg, a.out, prov, heads, template=a.template,
-                        max_new_tokens=a.max_new_tokens, gqa_policy=a.gqa_policy, evaluate=process_rank() == 0)
+                        max_new_tokens=a.max_new_tokens, gqa_policy=a.gqa_policy)
     if process_rank() == 0:
         print(f"{row['regime']}: accuracy {row['acc']:.3f}, final loss {row['final loss']:.4f}, "
               f"{row['trainable']:,} trainable parameters, {row['train s']} s; {a.out}")

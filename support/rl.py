@@ -508,6 +508,15 @@ def check_memory(config: Any, prompts_per_step: int, num_generations: int, seq_l
                                      gradient_checkpointing), "prompts_per_step", prompts_per_step, device)
 
 
+def check_micro_batch(micro_batch: int, n: int) -> int:
+    """The forward/backward passes of a step of `n` completions in micro-batches of `micro_batch`, or one
+    ParameterError naming the divisors of `n`."""
+    if micro_batch < 1 or n % micro_batch:
+        raise ParameterError(f"micro_batch={micro_batch!r} must divide the {n} completions of a step; valid "
+                             f"choices: {', '.join(str(d) for d in range(1, n + 1) if n % d == 0)}")
+    return n // micro_batch
+
+
 def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_step: int = 16, num_generations: int = 8,
                 max_completion_length: int = 48, learning_rate: float = 1e-4, loss_type: str = "grpo",
                 temperature: float = 1.0, beta: float = 0.0, steps_per_generation: int | None = None,
@@ -542,13 +551,9 @@ def grpo_config(output_dir: str | Path, *, max_steps: int = 100, prompts_per_ste
     )
     if save_steps:
         cfg["save_steps"] = save_steps
-    n = prompts_per_step * num_generations
     accum = 1
     if micro_batch is not None:
-        if micro_batch < 1 or n % micro_batch:
-            raise ParameterError(f"micro_batch={micro_batch!r} must divide the {n} completions of a step; valid "
-                                 f"choices: {', '.join(str(d) for d in range(1, n + 1) if n % d == 0)}")
-        accum = n // micro_batch
+        accum = check_micro_batch(micro_batch, prompts_per_step * num_generations)
         cfg |= {"per_device_train_batch_size": micro_batch, "gradient_accumulation_steps": accum}
     if steps_per_generation is not None or accum > 1:  # TRL: generation batch = per-device batch × this
         cfg["steps_per_generation"] = (steps_per_generation or 1) * accum
@@ -836,8 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     credit = CreditConfig(strategy=a.strategy, q=a.q, seed=a.seed, chunk=a.credit_chunk)  # checked before loading
-    grpo_config(a.out, prompts_per_step=a.prompts_per_step, num_generations=a.num_generations,
-                micro_batch=a.micro_batch)  # a micro_batch that does not divide the step fails here, not after loading
+    if a.micro_batch is not None:
+        check_micro_batch(a.micro_batch, a.prompts_per_step * a.num_generations)
     train, test = load_task(a.task, "train", a.n_train).items, load_task(a.task, "test", a.n_eval).items
     run = train_grpo(a.model, train, test, a.out, credit=credit, steps=a.steps, prompts_per_step=a.prompts_per_step,
                      num_generations=a.num_generations, max_completion_length=a.max_new_tokens, learning_rate=a.lr,

@@ -104,15 +104,13 @@ PLAN_PROMPT_TOKENS = 512
 
 
 def notebook_defaults(chapter: str) -> dict[str, Any]:
-    """The values a chapter's `parameters` cell assigns (its `ci` values), read without running it."""
+    """The values a chapter's `parameters` cell assigns (its `ci` values), read with papermill without running it."""
     import ast
 
-    import nbformat
+    import papermill as pm
 
-    nb = nbformat.read(NOTEBOOKS / f"{chapter}.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    return {t.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
-            if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    found = pm.inspect_notebook(str(NOTEBOOKS / f"{chapter}.ipynb"))
+    return {name: ast.literal_eval(p["default"]) for name, p in found.items()}
 
 
 def memory_plan(profile: str) -> list[dict[str, Any]]:
@@ -126,17 +124,16 @@ def memory_plan(profile: str) -> list[dict[str, Any]]:
 
     if profile not in CARDS:
         raise ParameterError(f"no card for profile {profile!r}; valid choices: {', '.join(CARDS)}")
-    card, act = CARDS[profile]
-    dtype = {"fp16": torch_dtype("float16"), "bf16": torch_dtype("bfloat16")}[act]
+    card, act = CARDS[profile]  # memory.BYTES reads the dtype names
     P = PLAN_PROMPT_TOKENS
     rows = []
     for ch, params in plan(profile, None, {}, None):
         v = notebook_defaults(ch) | params
         if ch == "01_tracing":
-            fp = tracing.footprint(model_config(v["model_name"]), P, v["max_new_tokens"], dtype)
+            fp = tracing.footprint(model_config(v["model_name"]), P, v["max_new_tokens"], act)
             setting = f"1 prompt of {P} + {v['max_new_tokens']} tokens"
         elif ch == "03_circuits":
-            fp = circuits.footprint(model_config(v["model_name"]), v["batch_size"], P, dtype)
+            fp = circuits.footprint(model_config(v["model_name"]), v["batch_size"], P, act)
             setting = f"batch_size {v['batch_size']} × {P} tokens"
         elif ch == "04_selective_sft":
             fp = finetune.footprint(model_config(v["model_name"]), ["full"], v["batch_size"], v["max_length"], act)
@@ -153,12 +150,6 @@ def memory_plan(profile: str) -> list[dict[str, Any]]:
                      "estimate GiB": round(fp.total / GiB, 2), "card GiB": card,
                      "fits": fp.total <= HEADROOM * card * GiB})
     return rows
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
 
 
 def execute(chapter: str, params: dict[str, Any], out_dir: Path = OUT_DIR) -> Outcome:
