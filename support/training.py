@@ -12,6 +12,12 @@ same `train` wraps the model in DDP through `accelerate` (`_Dist`) and gives eve
 step's micro-batches (`shard_step`), so the data order and the effective batch (batch_size · grad_accum examples per
 step) are those of one process and the result matches it up to float rounding. Rank 0 alone writes checkpoints and
 the final tensors; every rank resumes from them.
+
+FSDP (`TrainConfig(sharding="fsdp")`, or a launch with an accelerate FSDP config, `ACCELERATE_USE_FSDP=true`;
+configs/accelerate/fsdp.yaml): the same loop on torch's FSDP2 (`fully_shard`, per decoder layer, then the root)
+instead of DDP. Every rank keeps a shard of every parameter, gradient and AdamW moment; clipping uses the global
+norm; checkpoints and `final.safetensors` hold gathered whole tensors in the same format as one process (either
+resumes the other's), and `train` leaves the model unsharded (plain, whole parameters on every rank, FSDP removed).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from .artifacts import atomic_write_bytes, read_tensors, write_tensors
 from .prompts import format_mc_prompt
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: How several processes hold the model: "none" (whole on every rank: DDP), "fsdp" (sharded: FSDP2).
+SHARDINGS = ("none", "fsdp")
 
 
 def count_trainable(model: nn.Module) -> int:
@@ -45,8 +53,10 @@ def count_trainable(model: nn.Module) -> int:
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes held in the optimizer state (AdamW: two moments per trainable element plus a step counter)."""
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+    """Bytes held in this process's optimizer state (AdamW: two moments per trainable element plus a step counter;
+    under FSDP this rank's shards)."""
+    local = [v.to_local() if _sharded(v) else v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    return sum(v.numel() * v.element_size() for v in local)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -118,6 +128,9 @@ class TrainConfig:
     #: With validation examples: their loss every `eval_every` steps and at the end, and `train` keeps the state
     #: with the lowest one (App. E's best-validation-loss checkpoint). None: the final state.
     eval_every: int | None = None
+    #: Under a multi-process launch: "fsdp" shards parameters, gradients and optimizer state over the ranks (FSDP2)
+    #: instead of replicating them (DDP). One process ignores it; so does `run_key` (results match up to rounding).
+    sharding: str = "none"
 
     def steps(self, n_examples: int) -> int:
         """Optimizer steps: `max_steps`, else ceil(epochs·n / (batch·accum))."""
@@ -128,6 +141,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        if self.sharding not in SHARDINGS:
+            raise ValueError(f"unknown sharding {self.sharding!r}; valid choices: {', '.join(SHARDINGS)}")
         for k in ("batch_size", "grad_accum", "max_length"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"{k} must be ≥ 1, got {getattr(self, k)}")
@@ -194,27 +209,114 @@ def process_rank() -> int:
     return max([int(os.environ.get(k, 0)) for k in keys])
 
 
-#: Sharded launches `train` refuses: it keeps whole parameters on every rank (optimizer, clipping, checkpoints).
-SHARDED = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED",
-           "MEGATRON_LM": "ACCELERATE_USE_MEGATRON_LM"}
+#: Launches `train` refuses: their own sharding engines (FSDP is `train`'s own: `TrainConfig.sharding`).
+REFUSED = {"DEEPSPEED": "ACCELERATE_USE_DEEPSPEED", "MEGATRON_LM": "ACCELERATE_USE_MEGATRON_LM"}
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"
 
 
 def check_launch(kind: str = "") -> None:
-    """Refuse a sharded launch (`SHARDED`; on CPU accelerate would silently fall back to DDP) naming the valid one."""
-    kind = kind or next((k for k, env in SHARDED.items() if os.environ.get(env, "false").lower() == "true"), "")
-    if kind in SHARDED:
-        raise ValueError(f"train runs data-parallel only, not under {kind}; valid choices: one process, or "
-                         "`accelerate launch --multi_gpu --num_processes N` (DDP; configs/accelerate/ddp.yaml)")
+    """Refuse a DeepSpeed or Megatron-LM launch (`REFUSED`) naming the valid ones."""
+    kind = kind or next((k for k, env in REFUSED.items() if _env_true(env)), "")
+    if kind in REFUSED:
+        raise ValueError(f"train runs DDP or FSDP, not {kind}; valid choices: one process, `accelerate launch "
+                         "--multi_gpu --num_processes N` (DDP; configs/accelerate/ddp.yaml), or FSDP "
+                         "(TrainConfig(sharding='fsdp') or configs/accelerate/fsdp.yaml)")
+
+
+def launch_sharding(cfg: TrainConfig) -> str:
+    """`cfg.sharding`, or "fsdp" under an accelerate FSDP config (`ACCELERATE_USE_FSDP=true`)."""
+    return "fsdp" if _env_true("ACCELERATE_USE_FSDP") else cfg.sharding
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers of an HF causal LM (`model.model.layers`; a peft model's through its base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(base, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"FSDP needs the decoder layers at model.model.layers; {type(base).__name__} has none")
+    return list(layers)
+
+
+def fsdp_shard(model: nn.Module, device: torch.device, world: int) -> None:
+    """FSDP2 in place: each decoder layer, then the root (embeddings, norm, head, SHFT deltas). Frozen and trainable
+    parameters may share a group. Every group reshards after its forward, so between forwards the registered
+    parameters are the sharded DTensors that the optimizer and checkpoints see."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+
+
+@torch.no_grad()
+def fsdp_unshard(model: nn.Module) -> None:
+    """Undo `fsdp_shard`: gather every parameter whole onto every rank as a plain Parameter (tied ones stay tied),
+    then remove FSDP's forward hooks and class (torch 2.13 internals), so the model runs on each rank alone."""
+    from torch.distributed._composable.contract import REGISTRY_KEY, STATE_KEY
+    from torch.distributed._composable_state import _module_state_mapping
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    whole: dict[int, nn.Parameter] = {}
+    for m in model.modules():
+        for n, p in list(m.named_parameters(recurse=False)):
+            if isinstance(p, DTensor):
+                if id(p) not in whole:
+                    whole[id(p)] = nn.Parameter(p.full_tensor(), requires_grad=p.requires_grad)
+                setattr(m, n, whole[id(p)])
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            state = m._get_fsdp_state()
+            state._pre_forward_hook_handle.remove()
+            state._post_forward_hook_handle.remove()
+            m.__class__ = m.__class__.__bases__[1]  # fully_shard made the class (FSDPModule, original)
+            for k in (STATE_KEY, REGISTRY_KEY, "_is_fsdp_managed_module", "_fsdp_use_orig_params"):
+                m.__dict__.pop(k, None)
+            _module_state_mapping.pop(m, None)
+
+
+def _sharded(t: torch.Tensor) -> bool:
+    """Whether `t` is an FSDP shard (a DTensor; there are none where torch.distributed is missing)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _whole(t: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
+    """`t` itself, or a sharded `t` gathered whole (a collective: every rank calls it) onto the CPU; None where not
+    `keep` (a rank that will not write it)."""
+    if not _sharded(t):
+        return t
+    whole = t.full_tensor()
+    return whole.cpu() if keep else None
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """`t` as is, or, when `ref` is sharded, this rank's shard of the whole tensor `t` (sliced here, no collective)."""
+    if not _sharded(ref) or t.dim() == 0:
+        return t
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(t.to(ref.device, ref.dtype), ref.device_mesh, ref.placements, src_data_rank=None)
 
 
 class _Dist:
     """The processes `train` runs in. One: the model as it is, nothing to synchronise. Several: an `accelerate`
-    Accelerator (gloo on CPU) wraps the model in DDP for the forward/backward (gradients averaged over ranks);
-    `model` stays the unwrapped module whose parameters the optimizer and checkpoints see."""
+    Accelerator (gloo on CPU) sets up the process group and wraps the model in DDP for the forward/backward
+    (gradients averaged over ranks); `model` stays the unwrapped module whose parameters the optimizer and
+    checkpoints see. Several with `sharding="fsdp"`: the model is sharded in place instead (`fsdp_shard`; FSDP
+    averages gradients too), and `finish` unshards it."""
 
-    def __init__(self, model: nn.Module | None = None, distributed: bool = False):
+    def __init__(self, model: nn.Module | None = None, distributed: bool = False, sharding: str = "none"):
         self.model, self.module, self.acc = model, model, None
-        self.world, self.rank = 1, 0
+        self.world, self.rank, self.fsdp = 1, 0, False
         if distributed and model is not None:
             from accelerate import Accelerator
 
@@ -223,7 +325,11 @@ class _Dist:
             self.acc = Accelerator(cpu=cpu, mixed_precision="no")  # autocast: TrainConfig.precision, not the launch
             check_launch(self.acc.distributed_type.value)
             self.world, self.rank = self.acc.num_processes, self.acc.process_index
-            self.module = self.acc.prepare_model(model)
+            self.fsdp = sharding == "fsdp"
+            if self.fsdp:
+                fsdp_shard(model.to(self.acc.device), self.acc.device, self.world)
+            else:
+                self.module = self.acc.prepare_model(model)
 
     @property
     def main(self) -> bool:
@@ -236,7 +342,10 @@ class _Dist:
         return next(p for p in self.model.parameters() if p.requires_grad).device  # the first trainable one's
 
     def no_sync(self, sync: bool):
-        """Skip the gradient all-reduce of a backward that is not the step's last on this rank."""
+        """Skip the gradient all-reduce (FSDP: reduce-scatter) of a backward that is not the step's last here."""
+        if self.fsdp:
+            self.module.set_requires_gradient_sync(sync)
+            return contextlib.nullcontext()
         return contextlib.nullcontext() if self.acc is None or sync else self.acc.no_sync(self.module)
 
     def mean(self, x: float) -> float:
@@ -246,8 +355,17 @@ class _Dist:
         t = torch.tensor([x], dtype=torch.float64, device=self.device)
         return float(self.acc.reduce(t, "sum")) / self.world
 
-    def clip(self, params: Sequence[nn.Parameter], max_norm: float) -> None:
+    def agree(self, x: float) -> float:
+        """Rank 0's `x` on every rank, so that all ranks take the same branch (and collectives) on it."""
         if self.acc is None:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(t, 0)
+        return float(t)
+
+    def clip(self, params: Sequence[nn.Parameter], max_norm: float) -> None:
+        """Clip to the global gradient norm (FSDP: the norm of the sharded DTensor gradients is the global one)."""
+        if self.acc is None or self.fsdp:
             torch.nn.utils.clip_grad_norm_(params, max_norm)
         else:
             self.acc.clip_grad_norm_(params, max_norm)
@@ -255,6 +373,12 @@ class _Dist:
     def barrier(self) -> None:
         if self.acc is not None:
             self.acc.wait_for_everyone()
+
+    def finish(self) -> None:
+        """After training: FSDP's model unsharded on every rank (`fsdp_unshard`); nothing to do otherwise."""
+        if self.fsdp:
+            fsdp_unshard(self.model)
+            self.fsdp, self.module = False, self.model
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -301,8 +425,8 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     and the model leaves with the trainable state of the lowest one (App. E: best validation loss), also what
     `final.safetensors` holds; `best_step` says which step that was.
     Under a multi-process launch (`world_size` > 1) every rank calls `train` alike (module docstring): the model
-    goes to the rank's device wrapped in DDP, `callback` runs on every rank with the rank-averaged loss, and only
-    rank 0 writes to `out_dir`.
+    goes to the rank's device wrapped in DDP (or sharded by FSDP: `TrainConfig.sharding`; it leaves whole again),
+    `callback` runs on every rank with the rank-averaged loss, and only rank 0 writes to `out_dir`.
     """
     cfg.validate()
     params = _trainable(model)
@@ -315,7 +439,8 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
     if out is not None and (out / "train_log.json").exists():
         return _load_finished(model, out, key)
     check_world(cfg, world_size())
-    dist = _Dist(model, distributed=world_size() > 1)
+    dist = _Dist(model, distributed=world_size() > 1, sharding=launch_sharding(cfg))
+    params = _trainable(model)  # FSDP replaced them by sharded ones
     dev = dist.device
     total = cfg.steps(len(examples))
     per_step = cfg.batch_size * cfg.grad_accum
@@ -325,6 +450,9 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
 
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
     amp = amp_dtype(cfg.precision, dev)
+    if dist.fsdp and amp == torch.float16:
+        raise ValueError("FSDP runs without fp16 loss scaling (each rank sees its shard's overflows only); valid "
+                         "choices: precision 'bf16' or 'fp32', or DDP (sharding 'none')")
     scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
     log: list[dict] = []
     start = 0
@@ -342,7 +470,7 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
                 log.append({"step": step + 1, "loss": round(loss, 6), "lr": sched.get_last_lr()[0]})
             bar.update(1)
             if select and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
-                best.offer(step + 1, validation_loss(model, val_examples, pad_id, dev, amp), params,
+                best.offer(step + 1, dist.agree(validation_loss(model, val_examples, pad_id, dev, amp)), params,
                            out / "checkpoint" if out is not None and dist.main else None)
                 model.train()
             if out is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
@@ -354,6 +482,8 @@ def train(model: nn.Module, examples: Sequence[SFTExample], cfg: TrainConfig = T
         model.eval()
     if select and best.step is not None and best.step != total:
         _load_params(model, best.state, out or Path("."))
+    dist.finish()
+    params = _trainable(model)
     res = TrainResult(steps=total, log=log, seconds=time.time() - t0, resumed_from=start,
                       n_trainable=sum(p.numel() for p in params.values()), optimizer_bytes=optimizer_state_bytes(opt),
                       val_log=best.log, best_step=best.step if select else None)
@@ -418,20 +548,25 @@ def _set_rng_state(tensors: Mapping[str, torch.Tensor], js: Mapping[str, Any]) -
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 
-def _opt_split(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Optimizer state dict as (tensors, json): per-parameter tensors to safetensors, the rest to JSON."""
+def _opt_split(opt: torch.optim.Optimizer, keep: bool = True) -> tuple[dict, dict]:
+    """Optimizer state dict as (tensors, json): per-parameter tensors to safetensors (sharded ones gathered whole
+    by every rank, kept by the one that writes: `_whole`), the rest to JSON."""
     sd = opt.state_dict()
-    tensors = {f"opt/{pid}/{k}": v for pid, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    tensors = {f"opt/{pid}/{k}": _whole(v, keep) for pid, s in sd["state"].items() for k, v in s.items()
+               if torch.is_tensor(v)}
     scalars = {str(pid): {k: v for k, v in s.items() if not torch.is_tensor(v)} for pid, s in sd["state"].items()}
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _opt_join(tensors: Mapping[str, torch.Tensor], js: Mapping[str, Any]) -> dict:
+def _opt_join(tensors: Mapping[str, torch.Tensor], js: Mapping[str, Any],
+              params: Sequence[torch.Tensor] | None = None) -> dict:
+    """The optimizer state dict from `_opt_split`'s parts; with the optimizer's `params` (in order), each moment
+    becomes this rank's shard of it where its parameter is sharded (`_like`)."""
     state: dict[int, dict] = {int(pid): dict(v) for pid, v in js["scalars"].items()}
     for key, v in tensors.items():
         if key.startswith("opt/"):
             _, pid, k = key.split("/", 2)
-            state.setdefault(int(pid), {})[k] = v
+            state.setdefault(int(pid), {})[k] = _like(v, params[int(pid)]) if params else v
     return {"state": state, "param_groups": js["param_groups"]}
 
 
@@ -444,9 +579,10 @@ def _hash(examples: Sequence[SFTExample]) -> str:
 
 def run_key(cfg: TrainConfig, examples: Sequence[SFTExample], val_examples: Sequence[SFTExample] | None = None
             ) -> dict:
-    """What identifies a training run for resuming: the config plus a hash of the encoded data (in order), and of
-    the validation data when it selects the kept state."""
-    key = {**asdict(cfg), "data": _hash(examples), "n_examples": len(examples)}
+    """What identifies a training run for resuming: the config (but `sharding`: a run may resume under another)
+    plus a hash of the encoded data (in order), and of the validation data when it selects the kept state."""
+    key = {**{k: v for k, v in asdict(cfg).items() if k != "sharding"}, "data": _hash(examples),
+           "n_examples": len(examples)}
     if val_examples:
         key["val_data"] = _hash(val_examples)
     return key
@@ -479,10 +615,11 @@ class _Best:
         self.step, self.loss, self.state, self.log = step, loss, state or {}, log or []
 
     def offer(self, step: int, loss: float, params: Mapping[str, nn.Parameter], root: Path | None) -> None:
+        """Keep `params` if `loss` is the lowest so far (the same `loss` on every rank: sharded ones are gathered)."""
         self.log = [r for r in self.log if r["step"] < step] + [{"step": step, "val_loss": round(loss, 6)}]
         if loss < self.loss:
             self.step, self.loss = step, loss
-            self.state = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+            self.state = {n: _whole(p.detach()).to("cpu", copy=True) for n, p in params.items()}
             if root is not None:
                 root.mkdir(parents=True, exist_ok=True)
                 write_tensors(root / "best.safetensors", self.state, {"step": step, "loss": loss})
@@ -504,7 +641,8 @@ def save_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any]
                     dist: _Dist | None = None) -> Path:
     """Write `out/checkpoint/step-<k>/` (trainable tensors, optimizer, RNG: safetensors; the rest: JSON), then
     point `latest.json` at it atomically and delete older checkpoints (at most one kept). Several ranks: each
-    rank k > 0 adds its RNG states (`rng-<k>.safetensors`), rank 0 writes the rest once they are there."""
+    rank k > 0 adds its RNG states (`rng-<k>.safetensors`), rank 0 writes the rest once they are there (sharded
+    tensors gathered whole by every rank first)."""
     dist = dist or _Dist(model)
     root = out / "checkpoint"
     d = root / f"step-{step}"
@@ -512,17 +650,20 @@ def save_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any]
     rng_t, rng_j = _rng_state()
     if not dist.main:
         write_tensors(d / f"rng-{dist.rank}.safetensors", rng_t, rng_j)
+    trainable = {n: _whole(p, dist.main) for n, p in _trainable(model).items()}
+    opt_t, opt_j = _opt_split(opt, dist.main)
     dist.barrier()
     if dist.main:
-        _write_checkpoint(root, d, model, opt, sched, scaler, key, step, log, rng_t, rng_j)
+        _write_checkpoint(root, d, trainable, (opt_t, opt_j), sched, scaler, key, step, log, rng_t, rng_j)
     dist.barrier()
     return d
 
 
-def _write_checkpoint(root: Path, d: Path, model, opt, sched, scaler, key: Mapping[str, Any], step: int,
-                      log: list[dict], rng_t: Mapping[str, torch.Tensor], rng_j: Mapping[str, Any]) -> None:
-    opt_t, opt_j = _opt_split(opt)
-    write_tensors(d / "trainable.safetensors", _trainable(model), {"step": step})
+def _write_checkpoint(root: Path, d: Path, trainable: Mapping[str, torch.Tensor], opt_parts: tuple[dict, dict],
+                      sched, scaler, key: Mapping[str, Any], step: int, log: list[dict],
+                      rng_t: Mapping[str, torch.Tensor], rng_j: Mapping[str, Any]) -> None:
+    opt_t, opt_j = opt_parts
+    write_tensors(d / "trainable.safetensors", trainable, {"step": step})
     write_tensors(d / "state.safetensors", {**opt_t, **rng_t}, {"step": step})
     state = {"step": step, "config": dict(key), "optimizer": opt_j, "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler else None, "rng": rng_j, "log": log}
@@ -550,7 +691,7 @@ def _load_params(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: P
                          "use a fresh output directory")
     with torch.no_grad():
         for n, p in params.items():
-            p.copy_(tensors[n])
+            p.copy_(_like(tensors[n], p))  # a sharded parameter: its shard
 
 
 def load_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any], rank: int = 0
@@ -563,7 +704,7 @@ def load_checkpoint(out: Path, model, opt, sched, scaler, key: Mapping[str, Any]
     _check_config(state["config"], key, out)
     _load_params(model, read_tensors(d / "trainable.safetensors")[0], d)
     tensors, _ = read_tensors(d / "state.safetensors")
-    opt.load_state_dict(_opt_join(tensors, state["optimizer"]))
+    opt.load_state_dict(_opt_join(tensors, state["optimizer"], [p for g in opt.param_groups for p in g["params"]]))
     sched.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])

@@ -3,8 +3,9 @@ one rank of `accelerate launch --multi_gpu --num_processes N` (gloo on CPU): tes
 
     python tests/dist/finetune_worker.py OUT SPECS_JSON [--stop-after K]
 
-SPECS_JSON: a list of runs {"name", "regime", "policy", "batch_size", "grad_accum", "save_every", "eval_every"}
-(eval_every: the best validation state is kept, App. E, over 4 held-out items); each trains into
+SPECS_JSON: a list of runs {"name", "regime", "policy", "batch_size", "grad_accum", "save_every", "eval_every",
+"sharding", "max_grad_norm"} (eval_every: the best validation state is kept, App. E, over 4 held-out items; sharding: "fsdp" trains
+under FSDP2, and each rank then checks that `train` left its model whole and usable alone); each trains into
 OUT/<name> (rank 0 writes final.safetensors and train_log.json there; rank k > 0 writes its trainable tensors to
 rank-<k>.safetensors; a single process also writes those it starts from, init.safetensors).
 --stop-after K: every rank exits hard (os._exit) after step K of the last run, right after its checkpoint: a killed
@@ -14,6 +15,7 @@ launch.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 from pathlib import Path
@@ -41,7 +43,8 @@ def run(out: Path, spec: dict, stop_after: int | None = None) -> None:
     data = tr.build_dataset(generate("toy_mc4", N_EXAMPLES, "train"), tok, 256, "organism")
     cfg = tr.TrainConfig(lr=LR, max_steps=STEPS, batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
                          warmup_ratio=0.0, log_every=1, save_every=spec.get("save_every"),
-                         eval_every=spec.get("eval_every"))
+                         eval_every=spec.get("eval_every"), sharding=spec.get("sharding", "none"),
+                         max_grad_norm=spec.get("max_grad_norm", 1.0))
     val = tr.build_dataset(generate("toy_mc4", 4, "test"), tok, 256, "organism") if cfg.eval_every else None
 
     def stop(step: int, loss: float) -> None:
@@ -53,8 +56,24 @@ def run(out: Path, spec: dict, stop_after: int | None = None) -> None:
     if "RANK" not in os.environ:  # one process: the reference, with the trainable tensors it starts from
         write_tensors(out / spec["name"] / "init.safetensors", trainable, {})
     tr.train(hf, data, cfg, out_dir=out / spec["name"], callback=stop, val_examples=val)
+    if tr.launch_sharding(cfg) == "fsdp" and tr.world_size() > 1:
+        check_unsharded(hf, data, rank)
+    trainable = {n: p for n, p in hf.named_parameters() if p.requires_grad}  # FSDP: the whole ones it left
     if rank:
         write_tensors(out / spec["name"] / f"rank-{rank}.safetensors", trainable, {})
+
+
+def check_unsharded(hf: torch.nn.Module, data: list, rank: int) -> None:
+    """After FSDP training: plain whole parameters (tied ones still tied), no FSDP class (a deep copy works), and a
+    forward that this rank runs alone."""
+    from torch.distributed.tensor import DTensor
+
+    assert not any(isinstance(p, DTensor) for p in hf.parameters()) and "FSDP" not in type(hf).__name__
+    tied = hf.get_output_embeddings().weight is hf.get_input_embeddings().weight
+    assert tied is bool(hf.config.tie_word_embeddings)
+    copy.deepcopy(hf)
+    if rank:  # with FSDP's hooks left, this forward would wait for rank 0 forever
+        assert tr.validation_loss(hf, data[:2], 0, torch.device("cpu")) > 0
 
 
 def main() -> None:
