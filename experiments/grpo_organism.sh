@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Chapter 05's longer plain-GRPO runs on the organism (the `ci` run is 12 steps): does plain GRPO lift held-out
-# Countdown accuracy with more steps, or with the usual fixes? Each run is `python -m support.rl` (run.json holds the
-# reward log, the held-out curve and the provenance); two runs share the 2 cores, one thread each (~8 min a pair).
+# Chapter 05's longer plain-GRPO runs on the organism (the `ci` run is 12 steps on one fixed batch of 8 prompts): does
+# plain GRPO lift held-out Countdown accuracy with fresh prompts and more steps, or with the usual fixes, and what do
+# longer fixed-pool runs learn (--train-eval: accuracy on the prompts trained on, beside held-out)? Each run is
+# `python -m support.rl` (run.json holds the reward log, the accuracy curves and the provenance); two runs share the
+# 2 cores, one thread each (~5-8 min a pair).
 # The chapter plots data/grpo_diagnosis/*/run.json beside its own runs.
 #   bash experiments/grpo_organism.sh [OUT]        (default OUT: data/grpo_diagnosis)
 set -euo pipefail
@@ -15,3 +17,5 @@ mkdir -p "$OUT"
 run T1-seed0 --steps 60 --eval-every 15 --seed 0 & run T1-seed1 --steps 60 --eval-every 15 --seed 1 & wait
 run T0.7-masktrunc-seed0 --steps 36 --eval-every 12 --seed 0 --temperature 0.7 --mask-truncated &
 run T0.7-drgrpo-seed0 --steps 36 --eval-every 12 --seed 0 --temperature 0.7 --loss-type dr_grpo & wait
+run pool8-seed0 --steps 36 --eval-every 12 --seed 0 --n-train 8 --train-eval 8 &
+run pool64-seed0 --steps 36 --eval-every 12 --seed 0 --n-train 64 --train-eval 64 & wait

@@ -637,10 +637,35 @@ def policy_accuracy(model, tokenizer, items: Sequence[Any], prompts: Sequence[st
     return accuracy(list(items) * reps, responses)
 
 
-def _eval_callback(items: Sequence[Any], prompts: Sequence[str], tokenizer, every: int, max_new_tokens: int,
-                   seed: int, log: list[dict], at_start: bool = True, temperature: float = 1.0, samples: int = 1):
-    """A TrainerCallback recording greedy and sampled held-out accuracy (`samples` per item at `temperature`) at the
-    start (unless `at_start` is False), every `every` steps and at the end."""
+def eval_sets(eval_items: Sequence[Any], eval_prompts: Sequence[str], eval_samples: int = 1,
+              train_items: Sequence[Any] = (), train_prompts: Sequence[str] = (), train_eval: int = 0
+              ) -> dict[str, tuple[Sequence[Any], Sequence[str], int]]:
+    """What GRPO's accuracy is measured on: prefix -> (items, prompts, samples per item). "" is the held-out set
+    (`eval_samples` each); with `train_eval` > 0, "train_" is the first `train_eval` training items, sampled as many
+    times in all as the held-out set."""
+    sets = {"": (eval_items, eval_prompts, eval_samples)}
+    k = min(train_eval, len(train_items))
+    if k:
+        sets["train_"] = (train_items[:k], train_prompts[:k], max(1, round(eval_samples * len(eval_items) / k)))
+    return sets
+
+
+def accuracy_row(model, tokenizer, sets: Mapping[str, tuple[Sequence[Any], Sequence[str], int]],
+                 max_new_tokens: int, seed: int, temperature: float = 1.0) -> dict[str, float]:
+    """Greedy and sampled (`seed`, `temperature`) accuracy on each of `eval_sets`: ``greedy``, ``sampled``, and
+    ``train_greedy``, ``train_sampled`` where the training prompts are measured."""
+    row: dict[str, float] = {}
+    for prefix, (items, prompts, samples) in sets.items():
+        row[f"{prefix}greedy"] = policy_accuracy(model, tokenizer, items, prompts, max_new_tokens)
+        row[f"{prefix}sampled"] = policy_accuracy(model, tokenizer, items, prompts, max_new_tokens, True, seed,
+                                                  temperature=temperature, samples=samples)
+    return row
+
+
+def _eval_callback(sets: Mapping[str, tuple[Sequence[Any], Sequence[str], int]], tokenizer, every: int,
+                   max_new_tokens: int, seed: int, log: list[dict], at_start: bool = True, temperature: float = 1.0):
+    """A TrainerCallback recording `accuracy_row` (sampling seed: `seed` + step) at the start (unless `at_start` is
+    False), every `every` steps and at the end."""
     from transformers import TrainerCallback
 
     class HeldOut(TrainerCallback):
@@ -648,11 +673,8 @@ def _eval_callback(items: Sequence[Any], prompts: Sequence[str], tokenizer, ever
             if any(r["step"] == step for r in log):
                 return
             t0 = time.perf_counter()
-            log.append({"step": step,
-                        "greedy": policy_accuracy(model, tokenizer, items, prompts, max_new_tokens),
-                        "sampled": policy_accuracy(model, tokenizer, items, prompts, max_new_tokens, True, seed + step,
-                                                   temperature=temperature, samples=samples),
-                        "eval_seconds": round(time.perf_counter() - t0, 2)})
+            row = accuracy_row(model, tokenizer, sets, max_new_tokens, seed + step, temperature)
+            log.append({"step": step, **row, "eval_seconds": round(time.perf_counter() - t0, 2)})
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             self.start_step = state.global_step  # > 0 when resumed from a checkpoint
@@ -693,7 +715,7 @@ def _quiet_deprecations() -> Iterator[None]:
 def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence[Any], out_dir: str | Path, *,
                credit: CreditConfig, steps: int, prompts_per_step: int = 16, num_generations: int = 8,
                max_completion_length: int = 128, learning_rate: float = 1e-4, temperature: float = 1.0,
-               eval_samples: int = 1, seed: int = 0, eval_every: int = 10,
+               eval_samples: int = 1, train_eval: int = 0, seed: int = 0, eval_every: int = 10,
                save_steps: int | None = None, resume: bool = False, template: str = "model", eval_at_start: bool = True,
                quiet: bool = True, provenance: Mapping[str, Any] | None = None, **config: Any) -> GRPORun:
     """Train `model_name` with (attention-credit) GRPO on `train_items` and record held-out accuracy.
@@ -701,7 +723,10 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
     Checkpoints (model, optimizer, scheduler, RNG: TRL/transformers' own) go to `out_dir/checkpoint-<step>` every
     `save_steps`; `resume=True` continues from the last one. Held-out accuracy (greedy, and the mean of
     `eval_samples` samples per item at the training `temperature`) is measured at the start (skip it with
-    `eval_at_start=False` when several runs share a starting point), every `eval_every` steps and at the end.
+    `eval_at_start=False` when several runs share a starting point), every `eval_every` steps and at the end;
+    with `train_eval` > 0 the same accuracies on the first `train_eval` training items as well (``train_greedy``,
+    ``train_sampled``; sampled as many completions as the held-out set gets): whether GRPO learned the prompts it
+    trained on, beside whether that carried over.
     `run.json` holds the log, the held-out curve and the
     provenance (model, dataset ids, parameters, code version) the caller passes."""
     import json
@@ -715,6 +740,8 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
         raise ParameterError("train_grpo needs training items and held-out items")
     if steps < 1 or eval_every < 1:
         raise ParameterError(f"steps and eval_every must be ≥ 1, got {steps!r}, {eval_every!r}")
+    if train_eval < 0:
+        raise ParameterError(f"train_eval must be ≥ 0 (0: held-out items only), got {train_eval!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -728,8 +755,9 @@ def train_grpo(model_name: str, train_items: Sequence[Any], eval_items: Sequence
         cfg = grpo_config(out, max_steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
                           max_completion_length=max_completion_length, learning_rate=learning_rate, seed=seed,
                           temperature=temperature, save_steps=save_steps, logging_steps=1, **config)
-        held_out = _eval_callback(eval_items, eval_prompts, tok, eval_every, max_completion_length, seed, evals,
-                                  eval_at_start, temperature, eval_samples)
+        sets = eval_sets(eval_items, eval_prompts, eval_samples, train_items, [r["prompt"] for r in rows], train_eval)
+        held_out = _eval_callback(sets, tok, eval_every, max_completion_length, seed, evals, eval_at_start,
+                                  temperature)
         trainer = CreditGRPOTrainer(
             model=model, reward_funcs=[reward_function(family(train_items[0]))], args=cfg,
             train_dataset=Dataset.from_list(rows), processing_class=tok, credit=credit, callbacks=[held_out])
@@ -774,7 +802,8 @@ def stored_runs(model_name: str, root: str | Path | None = None) -> dict[str, di
 
 def run_summary(runs: Mapping[str, dict]):
     """One tidy row per stored run: its settings, the training reward over the first and last fifth of the steps,
-    the share of completions cut at the length cap, held-out accuracy before and after, and √2·SE, the binomial
+    the share of completions cut at the length cap, held-out accuracy before and after (and sampled accuracy on the
+    prompts it trained on, where measured), and √2·SE, the binomial
     standard error of a difference of two sampled accuracies over the held-out items (a lift counts beyond it)."""
     import pandas as pd
 
@@ -789,8 +818,12 @@ def run_summary(runs: Mapping[str, dict]):
         def fifth(key: str, part: list[dict]) -> float:
             return round(float(np.mean([h.get(key, float("nan")) for h in part])), 3)
 
+        pool = {"lr": params.get("lr"), "training prompts": params.get("n_train")}
+        if "train_sampled" in ev[0]:  # runs that also measured the prompts they trained on (--train-eval)
+            pool |= {"trained-on sampled before": round(ev[0]["train_sampled"], 3),
+                     "trained-on sampled after": round(ev[-1]["train_sampled"], 3)}
         rows.append({"run": name, "seed": body["seed"], "steps": len(log), "temperature": params.get("temperature"),
-                     "loss": params.get("loss_type"), "mask truncated": params.get("mask_truncated"),
+                     "loss": params.get("loss_type"), "mask truncated": params.get("mask_truncated"), **pool,
                      "reward, first fifth": fifth("reward", log[:n]), "reward, last fifth": fifth("reward", log[-n:]),
                      "clipped, first fifth": fifth("completions/clipped_ratio", log[:n]),
                      "clipped, last fifth": fifth("completions/clipped_ratio", log[-n:]),
@@ -823,6 +856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--loss-type", default="grpo", choices=LOSS_TYPES)
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of training and evaluation")
     ap.add_argument("--eval-samples", type=int, default=1, help="sampled completions per held-out item")
+    ap.add_argument("--train-eval", type=int, default=0,
+                    help="also measure accuracy on the first N training prompts (what GRPO learned, not carried over)")
     ap.add_argument("--mask-truncated", action="store_true",
                     help="leave completions cut at --max-new-tokens out of the loss (TRL mask_truncated_completions)")
     ap.add_argument("--micro-batch", type=int, default=None,
@@ -848,12 +883,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                      num_generations=a.num_generations, max_completion_length=a.max_new_tokens, learning_rate=a.lr,
                      seed=a.seed, eval_every=a.eval_every, save_steps=a.save_every, resume=a.resume,
                      template=a.template, loss_type=a.loss_type, temperature=a.temperature,
-                     eval_samples=a.eval_samples, mask_truncated_completions=a.mask_truncated,
+                     eval_samples=a.eval_samples, train_eval=a.train_eval,
+                     mask_truncated_completions=a.mask_truncated,
                      micro_batch=a.micro_batch,
                      provenance=provenance({"name": a.model}, a.task,
                                            [str(getattr(it, "id", i)) for i, it in enumerate(train)],
                                            vars(a) | {"out": str(a.out)}))
-    print(f"{a.strategy}: held-out greedy {run.final('greedy'):.3f}, sampled {run.final('sampled'):.3f} "
+    pool = (f"; training prompts greedy {run.final('train_greedy'):.3f}, sampled {run.final('train_sampled'):.3f}"
+            if a.train_eval else "")
+    print(f"{a.strategy}: held-out greedy {run.final('greedy'):.3f}, sampled {run.final('sampled'):.3f}{pool} "
           f"after {a.steps} steps ({run.seconds:.0f} s); checkpoints and run.json in {a.out}")
     return 0
 

@@ -286,7 +286,7 @@ from support.toydata import generate
 items = generate("toy_countdown", 8, split="train", seed=0)
 rl.train_grpo("toy-qwen2", items, items[:4], sys.argv[1], credit=rl.CreditConfig(strategy="coupled"),
               steps=int(sys.argv[2]), prompts_per_step=2, num_generations=2, max_completion_length=12,
-              eval_every=100, save_steps=1, resume=sys.argv[3] == "resume")
+              eval_every=100, save_steps=1, resume=sys.argv[3] == "resume", train_eval=2)
 """
 
 
@@ -320,6 +320,19 @@ def test_grpo_run_resumes_after_a_kill(tmp_path):
     steps = [h["step"] for h in run["history"] if "loss" in h]
     assert steps == list(range(1, done[-1] + 3))  # the log continues the killed run's, step by step
     assert run["provenance"]["model"]["name"] == "toy-qwen2"
+    assert {"greedy", "sampled", "train_greedy", "train_sampled"} <= set(run["evals"][-1])  # held out and trained on
+
+
+def test_eval_sets_sample_the_training_prompts_as_often_as_the_held_out_ones():
+    from support.rl import eval_sets, train_grpo
+
+    sets = eval_sets(list("abcdefgh"), list("ABCDEFGH"), 2, list("xyz"), list("XYZ"), train_eval=2)
+    assert sets[""] == (list("abcdefgh"), list("ABCDEFGH"), 2)
+    assert sets["train_"] == (list("xy"), list("XY"), 8)  # 2 prompts × 8 samples = 8 held-out items × 2
+    assert set(eval_sets(list("ab"), list("AB"), 1, list("x"), list("X"), train_eval=5)["train_"][0]) == {"x"}
+    assert list(eval_sets(list("ab"), list("AB"))) == [""]
+    with pytest.raises(ParameterError, match="train_eval must be ≥ 0"):
+        train_grpo("toy-qwen2", ["x"], ["y"], "unused", credit=CreditConfig(), steps=1, train_eval=-1)
 
 
 def test_prompt_rows_for_real_items_and_bad_input():
